@@ -1,0 +1,21 @@
+"""Pixel decoder (SAM-free, multi-scale, coarse to fine) and the mask losses.
+
+Building blocks (``Attention``, ``LayerNorm2d``, ``SinePositionEncoding``, ``MaskHead``) live in
+``pixellm.decoder.transformer``, ``.common`` and ``.pixel_decoder``.
+"""
+
+from .losses import dice_loss, mask_losses, refinement_weights, total_loss
+from .pixel_decoder import DecoderOutput, PixelDecoder, postprocess_masks, scale_factors
+from .transformer import TwoWayTransformer
+
+__all__ = [
+    "DecoderOutput",
+    "PixelDecoder",
+    "TwoWayTransformer",
+    "dice_loss",
+    "mask_losses",
+    "postprocess_masks",
+    "refinement_weights",
+    "scale_factors",
+    "total_loss",
+]

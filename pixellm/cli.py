@@ -1,0 +1,56 @@
+"""``pixellm-predict IMAGE "QUESTION" --checkpoint DIR [--out DIR]``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pixellm-predict", description="Answer a question about an image with one mask per target.")
+    p.add_argument("image", help="image file")
+    p.add_argument("question", help="free-form question")
+    p.add_argument("--checkpoint", required=True, help="directory written by save_pretrained / pixellm-train")
+    p.add_argument("--out", default=None, help="write prediction.json and overlay.png here")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the answer; with --out, write the per-target JSON and an overlay PNG. Exit 2 on bad input."""
+    args = _parser().parse_args(argv)
+    from .errors import CheckpointError, InputError
+    from .image_io import load_image
+    from .overlay import draw_overlay
+    from .predictor import PixelLMPredictor
+
+    try:
+        pred = PixelLMPredictor.from_pretrained(args.checkpoint, device=args.device,
+                                                max_new_tokens=args.max_new_tokens)
+        result = pred.predict(args.image, args.question)
+    except (InputError, CheckpointError) as e:
+        print(f"pixellm-predict: error: {e}", file=sys.stderr)
+        return 2
+    print(result.answer)
+    for t in result.targets:
+        print(f"  - {t.phrase!r}: score {t.score:.3f}, bbox {t.bbox}, area {int(t.mask.sum())}")
+    for m in result.malformed:
+        print(f"  ! dropped {m}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"image": str(args.image), "question": args.question, "answer": result.answer,
+                  "targets": [{"phrase": t.phrase, "score": t.score, "bbox_xyxy": list(t.bbox), "rle": t.rle}
+                              for t in result.targets], "malformed_blocks": result.malformed}
+        (out / "prediction.json").write_text(json.dumps(record, indent=2))
+        draw_overlay(load_image(args.image), [t.mask for t in result.targets],
+                     [f"{i + 1}: {t.phrase}" for i, t in enumerate(result.targets)]).save(out / "overlay.png")
+        print(f"wrote {out / 'prediction.json'} and {out / 'overlay.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Model configs: one JSON per variant (``model_configs/*.json``) parsed into dataclasses.
+
+``list_models()`` names the registered variants, ``get_model_config(name)`` returns a fresh
+:class:`PixelLMConfig`, ``add_model_config(path_or_dict)`` registers more.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_REGISTRY: dict[str, dict[str, Any]] = {}
+
+
+@dataclass
+class VisionConfig:
+    model_name: str  # open_clip model name, e.g. "ViT-L-14-336", or a name registered below
+    image_size: int  # square input side after longest-side resize and padding
+    layers: list[int]  # ViT block indices used as scales, deepest first (len == num_scales)
+    pretrained: str | None = None  # open_clip pretrained tag or a local weights file
+    open_clip_config: dict | None = None  # registered with open_clip.add_model_config if given
+    freeze: bool = True  # real CLIP is frozen; the from-scratch tiny tower trains
+    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class LLMConfig:
+    name_or_path: str | None = None  # transformers from_pretrained(dir or hub id); None: build from `config`
+    config: dict | None = None  # transformers config dict (needs "model_type") for from-scratch / meta builds
+    tokenizer: str | None = None  # tokenizer dir; None: name_or_path's, or trained offline (tiny)
+    max_length: int = 512  # prompt + answer tokens, image tokens included
+    lora: LoraConfig | None = None  # None: train the whole LLM (from-scratch tiny)
+    train_embeddings: bool = True  # input embeddings and LM head train (new codebook rows)
+    prompt_template: str = "{image} {question} answer:"  # {image} expands to the image tokens
+
+
+@dataclass
+class CodebookConfig:
+    num_scales: int = 2  # L
+    tokens_per_scale: int = 3  # N
+    fusion: str = "linear"  # "linear" (learned per-scale weights) or "mean" (ablation)
+
+
+@dataclass
+class DecoderConfig:
+    dim: int = 256  # decoder width
+    depth: int = 2  # two-way transformer blocks per scale
+    heads: int = 8
+    mlp_dim: int = 2048
+    num_output_tokens: int = 2  # learned tokens beside the fused target embedding
+    upscale: int = 4  # final mask grid = patch grid * upscale
+
+
+@dataclass
+class LossConfig:
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    refine: bool = True  # target-refinement loss (PixelLM); off for the ablation
+    refine_alpha: float = 2.0
+
+
+@dataclass
+class PixelLMConfig:
+    name: str
+    vision: VisionConfig
+    llm: LLMConfig
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    image_pool: int = 16  # deep-scale grid is average-pooled to image_pool**2 LLM tokens
+
+    @property
+    def block_len(self) -> int:
+        """Codebook tokens per target block (L x N)."""
+        return self.codebook.num_scales * self.codebook.tokens_per_scale
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PixelLMConfig:
+        try:
+            llm = dict(d["llm"])
+            if llm.get("lora") is not None:
+                llm["lora"] = LoraConfig(**llm["lora"])
+            return cls(
+                name=d["name"],
+                vision=VisionConfig(**d["vision"]),
+                llm=LLMConfig(**llm),
+                codebook=CodebookConfig(**d.get("codebook", {})),
+                decoder=DecoderConfig(**d.get("decoder", {})),
+                loss=LossConfig(**d.get("loss", {})),
+                image_pool=d.get("image_pool", 16),
+            )
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"malformed PixelLM config {d.get('name', '?')!r}: {e}") from e
+
+    def validate(self) -> PixelLMConfig:
+        if len(self.vision.layers) != self.codebook.num_scales:
+            raise ConfigError(
+                f"{self.name}: vision.layers has {len(self.vision.layers)} entries but "
+                f"codebook.num_scales is {self.codebook.num_scales}")
+        if self.codebook.fusion not in ("linear", "mean"):
+            raise ConfigError(f"{self.name}: codebook.fusion must be 'linear' or 'mean'")
+        if self.llm.name_or_path is None and self.llm.config is None:
+            raise ConfigError(f"{self.name}: llm needs name_or_path or config")
+        return self
+
+
+def _load_builtin() -> None:
+    if _REGISTRY:
+        return
+    for path in sorted(_CONFIG_DIR.glob("*.json")):
+        add_model_config(path)
+
+
+def add_model_config(source: str | Path | dict[str, Any]) -> str:
+    """Register a model config from a JSON file or a dict; returns its name."""
+    d = json.loads(Path(source).read_text()) if not isinstance(source, dict) else source
+    if "name" not in d:
+        raise ConfigError(f"model config {source!r} has no 'name'")
+    PixelLMConfig.from_dict(d).validate()
+    _REGISTRY[d["name"]] = copy.deepcopy(d)
+    return d["name"]
+
+
+def list_models() -> list[str]:
+    """Names of the registered model configs, sorted."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_model_config(name: str, **overrides: Any) -> PixelLMConfig:
+    """A fresh config for ``name``; ``overrides`` replace top-level sections or fields.
+
+    Example: ``get_model_config("pixellm-tiny", codebook={"tokens_per_scale": 1})``.
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    d = copy.deepcopy(_REGISTRY[name])
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key].update(value)
+        else:
+            d[key] = value
+    return PixelLMConfig.from_dict(d).validate()

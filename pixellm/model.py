@@ -1,0 +1,177 @@
+"""PixelLM: CLIP multi-scale features -> LLM with a segmentation codebook -> light pixel decoder.
+
+``PixelLM`` receives already-built parts (see :mod:`pixellm.build`). ``forward`` is the
+teacher-forced training pass returning a :class:`PixelLMOutput` with the loss and its parts;
+:meth:`PixelLM.generate` is greedy decoding with a KV cache, decoding one mask per complete
+codebook block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codebook import CodebookFusion, gather_blocks, parse_blocks
+from .decoder import PixelDecoder, mask_losses
+from .llm import ImageProjector
+from .vision import VisionTower
+
+
+@dataclass
+class PixelLMOutput:
+    """loss: scalar; parts: name -> detached scalar; text_logits (B, T, V);
+    mask_logits (K, h, w) at the decoder grid; batch_index (K,) image of each target."""
+
+    loss: torch.Tensor | None
+    parts: dict[str, torch.Tensor]
+    text_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    batch_index: torch.Tensor
+
+
+@dataclass
+class Generation:
+    """Greedy decoding result for a batch.
+
+    tokens: per image, generated ids (without the prompt, up to and excluding EOS).
+    token_probs: per image, the probability of each generated token.
+    mask_logits: per image, (K_b, h, w) decoder logits, one per complete block in order.
+    block_starts: per image, position in ``tokens`` of each complete block.
+    malformed: per image, descriptions of dropped broken/truncated blocks.
+    """
+
+    tokens: list[list[int]]
+    token_probs: list[list[float]]
+    mask_logits: list[torch.Tensor]
+    block_starts: list[list[int]]
+    malformed: list[list[str]] = field(default_factory=list)
+
+
+class PixelLM(nn.Module):
+    """The assembled model.
+
+    Args:
+        vision: multi-scale CLIP tower. projector: deep scale -> LLM image tokens.
+        llm: transformers causal LM (optionally peft-wrapped).
+        fusion: codebook hidden states -> per-scale target embeddings.
+        decoder: pixel decoder. image_token_id: placeholder id replaced by image tokens.
+        codebook_ids: the L*N codebook token ids in block order.
+        ce_weight, bce_weight, dice_weight, refine, refine_alpha: loss settings.
+    """
+
+    def __init__(self, *, vision: VisionTower, projector: ImageProjector, llm: nn.Module,
+                 fusion: CodebookFusion, decoder: PixelDecoder, image_token_id: int,
+                 codebook_ids: list[int], ce_weight: float = 1.0, bce_weight: float = 2.0,
+                 dice_weight: float = 0.5, refine: bool = True, refine_alpha: float = 2.0) -> None:
+        super().__init__()
+        self.vision, self.projector, self.llm = vision, projector, llm
+        self.fusion, self.decoder = fusion, decoder
+        self.image_token_id = image_token_id
+        self.codebook_ids = list(codebook_ids)
+        self.register_buffer("_codebook", torch.tensor(self.codebook_ids), persistent=False)
+        self.loss_cfg = dict(bce_weight=bce_weight, dice_weight=dice_weight, refine=refine,
+                             refine_alpha=refine_alpha)
+        self.ce_weight = ce_weight
+
+    # -- pieces --------------------------------------------------------------------------
+    @property
+    def base_llm(self) -> nn.Module:
+        """The transformers model under any peft wrapper (LoRA layers are injected in place)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.projector.num_tokens
+
+    def encode_images(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """pixels (B, 3, S, S) -> (L feature maps (B, C, g, g), image tokens (B, P, D))."""
+        feats = self.vision(pixels)
+        return feats, self.projector(feats[0])
+
+    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, D) with the P ``<image>`` positions of each row replaced."""
+        emb = self.base_llm.get_input_embeddings()(input_ids)
+        is_img = input_ids == self.image_token_id  # (B, T)
+        if is_img.any():
+            counts = is_img.sum(1)
+            if not bool((counts == image_tokens.shape[1]).all()):
+                raise ValueError(f"each row needs {image_tokens.shape[1]} <image> tokens, got {counts.tolist()}")
+            emb = emb.masked_scatter(is_img[..., None], image_tokens.to(emb.dtype))
+        return emb
+
+    def run_llm(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kw) -> tuple[torch.Tensor, object]:
+        """Last-layer hidden states (B, T, D) and the KV cache; positions follow left padding."""
+        if "position_ids" not in kw:
+            kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.base_llm.model(inputs_embeds=embeds, attention_mask=attention_mask, **kw)
+        return out.last_hidden_state, getattr(out, "past_key_values", None)
+
+    def decode_masks(self, feats: list[torch.Tensor], block_hidden: torch.Tensor,
+                     batch_index: torch.Tensor) -> torch.Tensor:
+        """block_hidden (K, L*N, D) -> mask logits (K, h, w) at the decoder grid."""
+        targets = self.fusion(block_hidden)  # (K, L, C)
+        return self.decoder(feats, targets, batch_index).logits
+
+    # -- training ------------------------------------------------------------------------
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None, gt_masks: list[torch.Tensor] | None = None
+                ) -> PixelLMOutput:
+        """Teacher-forced pass.
+
+        Args:
+            pixels: (B, 3, S, S) normalised, padded images.
+            input_ids: (B, T) prompt (with P <image> tokens) + answer with codebook blocks.
+            attention_mask: (B, T) 1 for real tokens (0 also masks padded image patches).
+            labels: (B, T) next-token targets aligned with input_ids, -100 where ignored.
+            gt_masks: per image (K_b, S, S) float {0,1}, one per complete block of its answer.
+        Returns:
+            :class:`PixelLMOutput`; loss is None unless labels and gt_masks are given.
+        """
+        feats, img_tok = self.encode_images(pixels)
+        hidden, _ = self.run_llm(self.embed(input_ids, img_tok), attention_mask)  # (B, T, D)
+        text_logits = self.base_llm.lm_head(hidden)  # (B, T, V)
+        starts = [parse_blocks(row.tolist(), self.codebook_ids).starts for row in input_ids]
+        block_hidden, batch_index = gather_blocks(hidden, starts, len(self.codebook_ids))
+        mask_logits = self.decode_masks(feats, block_hidden, batch_index)  # (K, h, w)
+        loss, parts = None, {}
+        if labels is not None and gt_masks is not None:
+            loss, parts = self._loss(text_logits, labels, mask_logits, batch_index, gt_masks)
+        return PixelLMOutput(loss, parts, text_logits, mask_logits, batch_index)
+
+    def _loss(self, text_logits, labels, mask_logits, batch_index, gt_masks):
+        ce = F.cross_entropy(text_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                             ignore_index=-100)
+        gt = torch.cat([m.to(mask_logits.device) for m in gt_masks]) if gt_masks else mask_logits.new_zeros(0, 1, 1)
+        if gt.shape[0] != mask_logits.shape[0]:
+            raise ValueError(f"{mask_logits.shape[0]} codebook blocks in the answers but {gt.shape[0]} gt masks")
+        logits = mask_logits
+        if gt.shape[0] and gt.shape[-2:] != logits.shape[-2:]:
+            logits = F.interpolate(logits[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        m = mask_losses(logits.float(), gt.float(), batch_index, **self.loss_cfg)
+        loss = self.ce_weight * ce + m["mask"]
+        parts = {"ce": ce.detach(), **{k: v.detach() for k, v in m.items() if k != "mask"}}
+        return loss, parts
+
+    # -- inference -----------------------------------------------------------------------
+    def generate(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 **kw) -> Generation:
+        """Greedy KV-cached decoding; see :func:`pixellm.generation.greedy_generate`."""
+        from .generation import greedy_generate
+
+        return greedy_generate(self, pixels, input_ids, attention_mask, **kw)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, directory) -> None:
+        """Write config, safetensors weights and tokenizer; see :mod:`pixellm.checkpoint`."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, *, device=None, dtype=None) -> PixelLM:
+        """Load a directory written by :meth:`save_pretrained` (strict)."""
+        from .checkpoint import from_pretrained
+
+        return from_pretrained(directory, device=device, dtype=dtype)

@@ -1,0 +1,142 @@
+"""PixelLMPredictor: image + question -> answer text and one mask per target (numpy in, numpy out)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from .data import left_pad
+from .decoder import postprocess_masks
+from .errors import InputError
+from .image_io import ImageLike, load_image, resize_longest_and_pad
+from .model import PixelLM
+from .prompting import PromptFormatter
+
+
+@dataclass
+class Target:
+    """One predicted target.
+
+    phrase: the answer phrase before its codebook block. mask: (H, W) bool at the original
+    image size. score: confidence in [0, 1] (mean foreground probability of the mask times the
+    probability of the block's first token). bbox: XYXY pixel box of the mask (zeros if empty).
+    rle: COCO RLE dict (``counts`` as str) of the mask.
+    """
+
+    phrase: str
+    mask: np.ndarray
+    score: float
+    bbox: tuple[int, int, int, int]
+    rle: dict
+
+
+@dataclass
+class Prediction:
+    """answer: generated text without codebook tokens; targets: one per complete block, in order;
+    malformed: descriptions of dropped truncated/broken blocks (empty when all were complete)."""
+
+    answer: str
+    targets: list[Target]
+    malformed: list[str] = field(default_factory=list)
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return (0, 0, 0, 0)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+class PixelLMPredictor:
+    """Runs a trained :class:`PixelLM` on raw images.
+
+    Args:
+        model: a built model with ``.config`` and ``.tokenizer``.
+        max_new_tokens: generation budget; None uses what the context leaves after the prompt.
+    """
+
+    def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None) -> None:
+        self.model = model.eval()
+        cfg = model.config
+        self.cfg, self.tokenizer = cfg, model.tokenizer
+        self.formatter = PromptFormatter(
+            tokenizer=model.tokenizer, template=cfg.llm.prompt_template,
+            num_image_tokens=model.num_image_tokens, block="".join(
+                model.tokenizer.convert_ids_to_tokens(model.codebook_ids)),
+            max_length=cfg.llm.max_length)
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_pretrained(cls, directory, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, **kw) -> PixelLMPredictor:
+        """Load a checkpoint directory (see :meth:`PixelLM.save_pretrained`)."""
+        return cls(PixelLM.from_pretrained(directory, device=device, dtype=dtype), **kw)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def predict(self, image: ImageLike, question: str) -> Prediction:
+        """Answer one question about one image.
+
+        Args:
+            image: path, PIL image or numpy array (HxW, HxWx3 or HxWx4; uint8, uint16 or float).
+            question: free-form question, non-empty.
+        Returns:
+            :class:`Prediction`, with one :class:`Target` per target (possibly none).
+        Raises:
+            InputError: unreadable/corrupt/zero-size image, empty or too-long question.
+        """
+        return self.predict_batch([image], [question])[0]
+
+    def predict_batch(self, images: Sequence[ImageLike], questions: Sequence[str]) -> list[Prediction]:
+        """Answer ``questions[i]`` about ``images[i]`` in one padded forward + generation pass."""
+        if isinstance(questions, str) or len(images) != len(questions):
+            raise InputError("predict_batch needs equal-length sequences of images and questions")
+        if len(images) == 0:
+            return []
+        budget = self.max_new_tokens or 0
+        pre, prompts = [], []
+        for i, (img, q) in enumerate(zip(images, questions)):
+            try:
+                pre.append(resize_longest_and_pad(load_image(img), size=self.cfg.vision.image_size,
+                                                  mean=self.cfg.vision.mean, std=self.cfg.vision.std))
+                prompts.append(self.formatter.prompt_ids(q, reserve=max(budget, 1)))
+            except InputError as e:
+                raise InputError(f"batch item {i}: {e}") if len(images) > 1 else e from None
+        return self._run(pre, prompts)
+
+    @torch.no_grad()
+    def _run(self, pre, prompts) -> list[Prediction]:
+        tok = self.tokenizer
+        ids, attn = left_pad(prompts, pad_id=tok.pad_token_id)
+        max_new = self.max_new_tokens or (self.cfg.llm.max_length - ids.shape[1])
+        dev, dtype = self.device, next(self.model.parameters()).dtype
+        pixels = torch.stack([p.pixels for p in pre]).to(dev, dtype)
+        gen = self.model.generate(pixels, ids.to(dev), attn.to(dev), max_new_tokens=max_new,
+                                  eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+        return [self._prediction(gen, i, p) for i, p in enumerate(pre)]
+
+    def _prediction(self, gen, i: int, pre) -> Prediction:
+        block = len(self.model.codebook_ids)
+        answer, phrases = self.formatter.split_answer(gen.tokens[i], gen.block_starts[i], block)
+        s = self.cfg.vision.image_size
+        logits = postprocess_masks(gen.mask_logits[i].float(), padded_size=(s, s),
+                                   valid_size=pre.valid_size, original_size=pre.original_size)
+        probs = logits.sigmoid()
+        targets = []
+        for k, (phrase, start) in enumerate(zip(phrases, gen.block_starts[i])):
+            mask = (logits[k] > 0).cpu().numpy()
+            fg = float(probs[k][logits[k] > 0].mean()) if mask.any() else 0.0
+            score = fg * gen.token_probs[i][start]
+            targets.append(Target(phrase, mask, float(score), _bbox(mask), _rle(mask)))
+        return Prediction(answer, targets, list(gen.malformed[i]))

@@ -1,0 +1,91 @@
+"""Text side of a query: prompt and answer token ids, and turning generated ids back into text.
+
+Answers carry one ``{seg}`` placeholder after each target phrase (the MUSE convention); it is
+replaced by the codebook block string.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .errors import InputError
+from .llm import IMAGE_TOKEN
+
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
+_LEADING_GLUE = re.compile(r"^(?:[\s,;:.]|and\b|or\b)+", re.IGNORECASE)
+
+
+@dataclass
+class PromptFormatter:
+    """Formats prompts/answers for one tokenizer.
+
+    Args:
+        tokenizer: the LLM tokenizer (codebook tokens already added).
+        template: prompt with ``{image}`` and ``{question}`` fields.
+        num_image_tokens: P, the number of <image> tokens replaced by image features.
+        block: the codebook block string (all L*N tokens).
+        max_length: context budget for prompt + answer (image tokens included).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    template: str
+    num_image_tokens: int
+    block: str
+    max_length: int
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, question: str, *, reserve: int = 0) -> list[int]:
+        """BOS + template(question) ids; ``reserve`` tokens must remain for the answer.
+
+        Raises:
+            InputError: empty question, or prompt + reserve longer than ``max_length``.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise InputError(f"the question is empty: {question!r}")
+        text = self.template.format(image=IMAGE_TOKEN * self.num_image_tokens, question=question.strip())
+        ids = [self.tokenizer.bos_token_id, *self._ids(text)]
+        if len(ids) + reserve > self.max_length:
+            limit = self.max_length - reserve - (len(ids) - len(self._ids(question.strip())))
+            raise InputError(
+                f"the question is too long: {len(self._ids(question.strip()))} tokens, but at most "
+                f"{max(limit, 0)} fit (context {self.max_length} tokens, of which "
+                f"{self.num_image_tokens} image tokens and {reserve} reserved for the answer)")
+        return ids
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Answer ids with each ``{seg}`` replaced by a codebook block, then EOS."""
+        return [*self._ids(answer.replace("{seg}", f" {self.block} ")), self.tokenizer.eos_token_id]
+
+    def training_pair(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) for teacher forcing; labels are -100 on the prompt.
+
+        Raises:
+            InputError: as :meth:`prompt_ids`, if prompt + answer exceed ``max_length``.
+        """
+        ans = self.answer_ids(answer)
+        prompt = self.prompt_ids(question, reserve=len(ans))
+        return prompt + ans, [-100] * len(prompt) + ans
+
+    def clean(self, ids: list[int]) -> str:
+        """Decode ids to readable text (special tokens dropped, no space before punctuation)."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
+
+    def split_answer(self, tokens: list[int], starts: list[int], block_len: int) -> tuple[str, list[str]]:
+        """Readable answer and the phrase before each complete block.
+
+        Args:
+            tokens: generated ids (no EOS). starts: first position of each complete block.
+        Returns:
+            (answer text without codebook tokens, phrases in block order).
+        """
+        phrases, prev = [], 0
+        for s in starts:
+            seg = self.clean(tokens[prev:s])
+            phrases.append(_LEADING_GLUE.sub("", seg).strip(" ,.;:"))
+            prev = s + block_len
+        return self.clean(tokens), phrases

@@ -1,0 +1,195 @@
+"""The training loop (Accelerate lives only in this package)."""
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..build import build_model
+from ..config import PixelLMConfig, add_model_config, get_model_config
+from ..data import SegmentationDataset, collate
+from ..llm import load_tokenizer, train_word_tokenizer
+from ..prompting import PromptFormatter
+from .checkpointing import list_checkpoints, read_state, save_checkpoint
+from .mixture import MixtureSampler, load_source, parse_mix
+from .trainable import select_trainable
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN/inf; the run stops instead of continuing silently."""
+
+
+class _Concat:
+    """Flat view over several sample sequences."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.bounds = [0]
+        for p in parts:
+            self.bounds.append(self.bounds[-1] + len(p))
+
+    def __len__(self):
+        return self.bounds[-1]
+
+    def __getitem__(self, i):
+        for k, p in enumerate(self.parts):
+            if i < self.bounds[k + 1]:
+                return p[i - self.bounds[k]]
+        raise IndexError(i)
+
+
+def model_config(args) -> PixelLMConfig:
+    """The config named by --model (or a JSON path) with the ablation overrides applied."""
+    name = add_model_config(args.model) if args.model.endswith(".json") else args.model
+    over = {}
+    if args.no_refine:
+        over["loss"] = {"refine": False}
+    cb = {}
+    if args.tokens_per_scale:
+        cb["tokens_per_scale"] = args.tokens_per_scale
+    if args.fusion:
+        cb["fusion"] = args.fusion
+    if cb:
+        over["codebook"] = cb
+    return get_model_config(name, **over)
+
+
+def _sources(args) -> dict:
+    roots = {"shapes": args.shapes_root, "muse": args.muse_root, "refcoco": args.refcoco_root,
+             "multiref": args.multiref_root or args.refcoco_root}
+    return {n: load_source(n, root=roots[n], strict=not args.lenient_data) for n in parse_mix(args.mix)}
+
+
+def _tokenizer(cfg: PixelLMConfig, sources: dict, run_dir: Path, accelerator):
+    """A real LLM's tokenizer, or (tiny) a word tokenizer trained on the training text, saved once."""
+    if cfg.llm.tokenizer or cfg.llm.name_or_path:
+        return load_tokenizer(cfg.llm.tokenizer or cfg.llm.name_or_path)
+    path = run_dir / "tokenizer"
+    if not (path / "tokenizer.json").is_file():
+        if accelerator.is_main_process:
+            texts = (t for src in sources.values() for s in src for t in (s.question, s.answer))
+            train_word_tokenizer(texts).save_pretrained(str(path))
+        accelerator.wait_for_everyone()
+    return load_tokenizer(path)
+
+
+def _lr_lambda(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return max(min_ratio, 1.0 - (1.0 - min_ratio) * frac)
+
+
+def train(args) -> dict:
+    """Train per ``args`` (see :mod:`pixellm.train.args`); returns a summary dict."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.out)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
+        log_with="tensorboard", project_dir=str(run_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(args.seed)
+    cfg = model_config(args)
+    sources = _sources(args)
+    tok = _tokenizer(cfg, sources, run_dir, accelerator)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg, tokenizer=tok, dtype=None)
+    counts = select_trainable(model, verbose=accelerator.is_main_process)
+    fmt = PromptFormatter(tokenizer=tok, template=cfg.llm.prompt_template,
+                          num_image_tokens=model.num_image_tokens,
+                          block="".join(tok.convert_ids_to_tokens(model.codebook_ids)),
+                          max_length=cfg.llm.max_length)
+    samples = _Concat(list(sources.values()))
+    dataset = SegmentationDataset(samples, formatter=fmt, image_size=cfg.vision.image_size,
+                                  mean=cfg.vision.mean, std=cfg.vision.std)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(
+        _lr_lambda, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio))
+    model, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(sched)
+    step, pos = 0, 0
+    if args.resume and (ckpts := list_checkpoints(run_dir)):
+        accelerator.load_state(str(ckpts[-1]))
+        step, pos = read_state(ckpts[-1])["step"], read_state(ckpts[-1])["sample_pos"]
+        accelerator.print(f"resumed from {ckpts[-1]} at step {step}")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = args.batch_size * world * args.grad_accum
+    sampler = MixtureSampler(sizes=[len(s) for s in sources.values()],
+                             rates=list(parse_mix(args.mix).values()), seed=args.seed,
+                             start=pos, rank=rank, world=world)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        collate_fn=partial(collate, pad_id=tok.pad_token_id))
+    accelerator.init_trackers("pixellm", config={k: str(v) for k, v in vars(args).items()})
+    history = _loop(args, accelerator, model, opt, sched, iter(loader), step, global_batch, run_dir)
+    accelerator.end_training()
+    final = run_dir / "final"
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final)
+        (run_dir / "history.json").write_text(json.dumps(history))
+    accelerator.wait_for_everyone()
+    return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator}
+
+
+def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir) -> list[dict]:
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or not accelerator.is_main_process,
+               desc="train", dynamic_ncols=True)
+    history, t0, seen = [], time.perf_counter(), 0
+    model.train()
+    while step < args.steps:
+        parts_sum: dict[str, float] = {}
+        for _ in range(args.grad_accum):
+            batch = _to_device(next(it), accelerator.device)
+            with accelerator.accumulate(model):
+                out = model(**batch)
+                loss = out.loss
+                if not torch.isfinite(loss).all():
+                    raise TrainingDivergedError(
+                        f"non-finite loss ({loss.item()}) at step {step + 1} "
+                        f"(parts: { {k: round(v.item(), 4) for k, v in out.parts.items()} }); stopping")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            for k, v in {"loss": loss.detach(), **out.parts}.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / args.grad_accum
+        sched.step()
+        step += 1
+        seen += global_batch
+        rec = {"step": step, "lr": sched.get_last_lr()[0], **_mean_over_processes(accelerator, parts_sum),
+               "samples_per_s": seen / (time.perf_counter() - t0)}
+        history.append(rec)
+        if step % args.log_every == 0 or step == args.steps:
+            accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
+        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "lr", "samples_per_s") if k in rec})
+        bar.update(1)
+        if step % args.save_every == 0 or step == args.steps:
+            save_checkpoint(accelerator, run_dir, step=step, sample_pos=step * global_batch, keep=args.keep)
+    bar.close()
+    return history
+
+
+def _mean_over_processes(accelerator, parts: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return parts
+    keys = sorted(parts)
+    t = torch.tensor([parts[k] for k in keys], device=accelerator.device)
+    t = accelerator.reduce(t, reduction="mean")
+    return dict(zip(keys, t.tolist()))
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: ([x.to(device) for x in v] if isinstance(v, list) else v.to(device)) for k, v in batch.items()}
+
+
+
+__all__ = ["TrainingDivergedError", "train", "model_config"]

@@ -1,0 +1,124 @@
+"""Training data: named sources mixed by sampling rate, read in a resumable deterministic order."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import InputError
+
+ENV_MUSE, ENV_REFCOCO = "PIXELLM_MUSE_ROOT", "PIXELLM_REFCOCO_ROOT"
+
+LAYOUTS = {
+    "shapes": "DIR/muse_train.json + DIR/images/ (made by `pixellm-data --out DIR`)",
+    "muse": "DIR/muse_train.json (official MUSE JSON) + DIR/images/ (COCO train2014/ or train2017/ files)",
+    "refcoco": "DIR/refcoco/refs(unc).p + DIR/refcoco/instances.json + DIR/images/ (COCO train2014)",
+    "multiref": "the refcoco layout; expressions of one image are joined into one question",
+}
+
+
+def parse_mix(spec: str) -> dict[str, float]:
+    """``"shapes=2,refcoco=9"`` -> {"shapes": 2.0, "refcoco": 9.0}; rates need not sum to 1."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, rate = part.partition("=")
+        if name not in LAYOUTS:
+            raise InputError(f"unknown data source {name!r} in --mix; known: {', '.join(LAYOUTS)}")
+        out[name] = float(rate or 1.0)
+        if out[name] <= 0:
+            raise InputError(f"--mix rate for {name!r} must be > 0")
+    if not out:
+        raise InputError("--mix names no data source")
+    return out
+
+
+def _root(name: str, given: str | None, env: str | None) -> Path:
+    root = given or (os.environ.get(env) if env else None)
+    if not root:
+        raise InputError(f"data source {name!r} needs a path (--{name}-root"
+                         + (f" or ${env}" if env else "") + f"); expected layout: {LAYOUTS[name]}")
+    p = Path(root)
+    if not p.exists():
+        raise InputError(f"data source {name!r}: {p} does not exist; expected layout: {LAYOUTS[name]}")
+    return p
+
+
+def load_source(name: str, *, root: str | None, split: str = "train", strict: bool = True) -> Sequence:
+    """The samples of one named source (lazy sequences of :class:`pixellm.muse.Sample`)."""
+    from ..muse import MuseDataset, RefCocoDataset, multi_referring
+
+    if name in ("shapes", "muse"):
+        r = _root(name, root, ENV_MUSE if name == "muse" else None)
+        path = r / f"muse_{split}.json"
+        if not path.is_file():
+            raise InputError(f"data source {name!r}: {path} not found; expected layout: {LAYOUTS[name]}")
+        return MuseDataset(path, r / "images", strict=strict)
+    r = _root(name, root, ENV_REFCOCO)
+    if not (r / "refcoco").is_dir():
+        raise InputError(f"data source {name!r}: {r / 'refcoco'} not found; expected layout: {LAYOUTS[name]}")
+    ds = RefCocoDataset(r, dataset="refcoco", split_by="unc", split=split, strict=strict)
+    return multi_referring(ds) if name == "multiref" else ds
+
+
+class MixtureDataset(Dataset):
+    """Concatenation of sources; :class:`MixtureSampler` draws from them by rate."""
+
+    def __init__(self, sources: dict[str, Sequence], base: Dataset) -> None:
+        self.names = list(sources)
+        self.sizes = [len(sources[n]) for n in self.names]
+        self.offsets = np.cumsum([0, *self.sizes])
+        self.base = base  # encodes a flat index into an example
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int):
+        return self.base[i]
+
+
+class MixtureSampler(Sampler[int]):
+    """Infinite deterministic index stream; item ``n`` depends only on (seed, n).
+
+    Each global batch of ``global_batch`` indices is split across processes (rank r takes
+    positions r, r+W, ...), so 1 process and W processes see the same global batches, and a
+    resumed run restarts exactly at ``start`` (a global sample position).
+    """
+
+    def __init__(self, *, sizes: Sequence[int], rates: Sequence[float], seed: int,
+                 start: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.sizes, self.seed, self.start, self.rank, self.world = list(sizes), seed, start, rank, world
+        p = np.asarray(rates, dtype=np.float64)
+        self.probs = p / p.sum()
+        self.offsets = np.cumsum([0, *self.sizes])
+        self._cache: tuple = (None, None)
+
+    def index(self, n: int) -> int:
+        """The flat dataset index of global sample position ``n``."""
+        rng = np.random.default_rng([self.seed, n])
+        src = int(rng.choice(len(self.sizes), p=self.probs))
+        epoch, pos = divmod(n, max(self.sizes[src], 1))
+        return int(self.offsets[src] + self._perm(src, epoch)[pos])
+
+    def _perm(self, src: int, epoch: int) -> np.ndarray:
+        if self._cache[0] != (src, epoch):  # one permutation per (source, epoch), cached
+            self._cache = ((src, epoch), np.random.default_rng([self.seed, src, epoch]).permutation(self.sizes[src]))
+        return self._cache[1]
+
+    def __iter__(self):
+        n = self.start + self.rank
+        while True:
+            yield self.index(n)
+            n += self.world
+
+    def __len__(self) -> int:  # effectively infinite; DataLoader only needs a number
+        return 2**31
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: numpy/torch seeds derived from torch's per-worker seed."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)

@@ -1,0 +1,49 @@
+"""Which parameters train, printed and checked."""
+from __future__ import annotations
+
+from torch import nn
+
+COMPONENTS = ("vision", "projector", "llm", "fusion", "decoder")
+
+
+def trainable_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """component -> (trainable params, total params); 'lora' counts adapter weights."""
+    out = {}
+    for name in COMPONENTS:
+        ps = list(getattr(model, name).parameters())
+        out[name] = (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
+    lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
+    out["lora"] = (sum(p.numel() for p in lora if p.requires_grad), sum(p.numel() for p in lora))
+    return out
+
+
+def select_trainable(model: nn.Module, *, verbose: bool = True) -> dict[str, tuple[int, int]]:
+    """Check the trainable selection implied by the config and print it.
+
+    Asserts: a frozen vision tower has no trainable weight; projector, fusion and decoder
+    train fully; with LoRA, adapters train and the base LLM's other weights (except the
+    embeddings / LM head) are frozen.
+
+    Returns:
+        :func:`trainable_counts`.
+    """
+    cfg = model.config
+    counts = trainable_counts(model)
+    if cfg.vision.freeze and counts["vision"][0]:
+        raise AssertionError(f"vision tower is configured frozen but has {counts['vision'][0]} trainable params")
+    for name in ("projector", "fusion", "decoder"):
+        if counts[name][0] != counts[name][1]:
+            raise AssertionError(f"{name} must train fully: {counts[name]}")
+    if cfg.llm.lora is not None:
+        if not counts["lora"][0]:
+            raise AssertionError("LoRA is configured but no adapter weight trains")
+        base = model.base_llm
+        emb = {id(base.get_input_embeddings().weight), id(base.get_output_embeddings().weight)}
+        stray = [n for n, p in base.named_parameters() if p.requires_grad and "lora_" not in n and id(p) not in emb]
+        if stray:
+            raise AssertionError(f"LoRA run trains base LLM weights: {stray[:5]}")
+    if verbose:
+        total = sum(t for t, _ in (counts[c] for c in COMPONENTS))
+        rows = ", ".join(f"{c} {t / 1e6:.2f}M/{n / 1e6:.2f}M" for c, (t, n) in counts.items())
+        print(f"trainable: {total / 1e6:.2f}M ({rows})")
+    return counts

@@ -1,0 +1,133 @@
+"""Mask losses: hand-computed BCE, Dice and target-refinement values."""
+
+import math
+
+import pytest
+import torch
+from pixellm.decoder import dice_loss, mask_losses, refinement_weights, total_loss
+
+
+def _bce(x, t):
+    """BCE with logits of one pixel, by hand."""
+    return math.log(1 + math.exp(x)) - x * t
+
+
+def _dice(xs, ts):
+    p = [1 / (1 + math.exp(-x)) for x in xs]
+    return 1 - (2 * sum(a * b for a, b in zip(p, ts, strict=True)) + 1) / (sum(p) + sum(ts) + 1)
+
+
+# Two 2x2 masks of one question; only pixel (0, 0) is claimed (logit > 0) by both.
+LOGITS = [[[1.0, 1.0], [-1.0, -1.0]], [[1.0, -1.0], [-2.0, -1.0]]]
+TARGETS = [[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 0.0]]]
+
+
+def _flat(m):
+    return [v for row in m for v in row]
+
+
+def _hand_parts():
+    bce = [
+        sum(_bce(x, t) for x, t in zip(_flat(lg), _flat(tg), strict=True)) / 4
+        for lg, tg in zip(LOGITS, TARGETS, strict=True)
+    ]
+    dice = [_dice(_flat(lg), _flat(tg)) for lg, tg in zip(LOGITS, TARGETS, strict=True)]
+    # only pixel (0, 0) is claimed by both masks; alpha = 2 adds one more BCE of that pixel
+    refine = [_bce(lg[0][0], tg[0][0]) / 4 for lg, tg in zip(LOGITS, TARGETS, strict=True)]
+    return sum(bce) / 2, sum(dice) / 2, sum(refine) / 2
+
+
+def test_refinement_same_question_matches_hand_value():
+    bce, dice, refine = _hand_parts()
+    out = mask_losses(torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor([3, 3]))
+    assert out["bce"].item() == pytest.approx(bce, rel=1e-6)
+    assert out["dice"].item() == pytest.approx(dice, rel=1e-6)
+    assert out["refine"].item() == pytest.approx(refine, rel=1e-6)
+    assert out["mask"].item() == pytest.approx(2.0 * (bce + refine) + 0.5 * dice, rel=1e-6)
+
+
+def test_refinement_alpha_scales_the_extra_term():
+    _, _, refine = _hand_parts()
+    out = mask_losses(
+        torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor([0, 0]), refine_alpha=5.0
+    )
+    assert out["refine"].item() == pytest.approx(4 * refine, rel=1e-6)
+
+
+def test_overlap_across_questions_gets_no_weight():
+    bce, dice, _ = _hand_parts()
+    out = mask_losses(torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor([0, 1]))
+    assert out["refine"].item() == 0.0
+    assert out["mask"].item() == pytest.approx(2.0 * bce + 0.5 * dice, rel=1e-6)
+
+
+def test_refine_off_is_zero():
+    bce, dice, _ = _hand_parts()
+    out = mask_losses(
+        torch.tensor(LOGITS), torch.tensor(TARGETS), torch.tensor([0, 0]), refine=False
+    )
+    assert out["refine"].item() == 0.0
+    assert out["mask"].item() == pytest.approx(2.0 * bce + 0.5 * dice, rel=1e-6)
+
+
+def test_refinement_weights_per_question():
+    logits = torch.full((5, 1, 3), -1.0)
+    logits[0, 0, :2] = 1.0  # q0 claims pixels 0, 1
+    logits[1, 0, 1:] = 1.0  # q0 claims pixels 1, 2 -> pixel 1 doubly claimed in q0
+    logits[2, 0, 0] = 1.0  # q1 claims pixel 0, alone in its question
+    logits[3, 0, 0] = -0.5  # q1, no claim
+    # mask 4 (q0) claims nothing but still gets q0's weight: the pixel is ambiguous for all of q0
+    w = refinement_weights(logits, torch.tensor([0, 0, 1, 1, 0]), alpha=2.0)
+    assert w[:, 0].tolist() == [[1, 2, 1], [1, 2, 1], [1, 1, 1], [1, 1, 1], [1, 2, 1]]
+
+
+def test_refinement_weights_carry_no_gradient():
+    logits = torch.tensor(LOGITS, requires_grad=True)
+    targets = torch.tensor(TARGETS)
+    mask_losses(logits, targets, torch.tensor([0, 0]), dice_weight=0.0)["mask"].backward()
+    weights = torch.ones(2, 2, 2)
+    weights[:, 0, 0] = 2.0
+    ref = logits.detach().clone().requires_grad_(True)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(ref, targets, reduction="none")
+    (2.0 * (weights * bce).mean()).backward()
+    assert torch.allclose(logits.grad, ref.grad, atol=1e-7)
+
+
+def test_dice_hand_values():
+    targets = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    assert dice_loss(torch.zeros(1, 2, 2), targets).item() == pytest.approx(0.5)  # 1-(1+1)/(3+1)
+    perfect = torch.tensor([[[30.0, -30.0], [-30.0, -30.0]]])
+    assert dice_loss(perfect, targets).item() == pytest.approx(0.0, abs=1e-6)
+    assert dice_loss(-perfect, targets).item() == pytest.approx(1 - 1 / 5, abs=1e-6)
+
+
+def test_k_zero_and_one():
+    logits = torch.zeros(0, 4, 4, requires_grad=True)
+    out = mask_losses(logits, torch.zeros(0, 4, 4), torch.zeros(0, dtype=torch.long))
+    assert set(out) == {"bce", "dice", "refine", "mask"}
+    assert all(v.item() == 0.0 for v in out.values())
+    out["mask"].backward()
+    assert logits.grad is not None
+
+    one = torch.full((1, 4, 4), 3.0, requires_grad=True)
+    out = mask_losses(one, torch.ones(1, 4, 4, dtype=torch.bool), torch.zeros(1, dtype=torch.long))
+    assert out["refine"].item() == 0.0  # one mask cannot overlap itself
+    assert out["bce"].item() == pytest.approx(_bce(3.0, 1.0), rel=1e-6)
+    out["mask"].backward()
+
+
+def test_many_masks_and_bad_shapes():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 8, 8)
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 5])
+    out = mask_losses(logits, torch.rand(7, 8, 8) > 0.5, group)
+    assert out["refine"].item() > 0 and torch.isfinite(out["mask"])
+    with pytest.raises(ValueError):
+        mask_losses(logits, torch.zeros(7, 4, 4), group)
+    with pytest.raises(ValueError):
+        mask_losses(logits, torch.zeros(7, 8, 8), group[:3])
+
+
+def test_total_loss():
+    parts = {"mask": torch.tensor(1.5)}
+    assert total_loss(ce=torch.tensor(2.0), mask_parts=parts, ce_weight=0.5).item() == 2.5
