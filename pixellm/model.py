@@ -147,7 +147,9 @@ class PixelLM(nn.Module):
         if gt.shape[0] != mask_logits.shape[0]:
             raise ValueError(f"{mask_logits.shape[0]} codebook blocks in the answers but {gt.shape[0]} gt masks")
         logits = mask_logits
-        if gt.shape[0] and gt.shape[-2:] != logits.shape[-2:]:
+        if gt.shape[0] == 0:
+            gt = logits.new_zeros(logits.shape)
+        elif gt.shape[-2:] != logits.shape[-2:]:  # score at the padded input resolution
             logits = F.interpolate(logits[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         m = mask_losses(logits.float(), gt.float(), batch_index, **self.loss_cfg)
         loss = self.ce_weight * ce + m["mask"]

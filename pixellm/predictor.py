@@ -62,9 +62,12 @@ class PixelLMPredictor:
     Args:
         model: a built model with ``.config`` and ``.tokenizer``.
         max_new_tokens: generation budget; None uses what the context leaves after the prompt.
+        constrain_blocks: once the LLM starts a codebook block, force its remaining tokens
+            (blocks can then only be cut by the token budget).
     """
 
-    def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None) -> None:
+    def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None,
+                 constrain_blocks: bool = True) -> None:
         self.model = model.eval()
         cfg = model.config
         self.cfg, self.tokenizer = cfg, model.tokenizer
@@ -74,6 +77,7 @@ class PixelLMPredictor:
                 model.tokenizer.convert_ids_to_tokens(model.codebook_ids)),
             max_length=cfg.llm.max_length)
         self.max_new_tokens = max_new_tokens
+        self.constrain_blocks = constrain_blocks
 
     @classmethod
     def from_pretrained(cls, directory, *, device: str | torch.device | None = None,
@@ -123,7 +127,8 @@ class PixelLMPredictor:
         dev, dtype = self.device, next(self.model.parameters()).dtype
         pixels = torch.stack([p.pixels for p in pre]).to(dev, dtype)
         gen = self.model.generate(pixels, ids.to(dev), attn.to(dev), max_new_tokens=max_new,
-                                  eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+                                  eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                                  constrain_blocks=self.constrain_blocks)
         return [self._prediction(gen, i, p) for i, p in enumerate(pre)]
 
     def _prediction(self, gen, i: int, pre) -> Prediction:

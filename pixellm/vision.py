@@ -31,7 +31,8 @@ def create_open_clip_visual(
     if pretrained is None:  # open_clip warns about random init, which is what we asked for
         logging.getLogger().setLevel(logging.ERROR)
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, force_image_size=image_size)
+        model = open_clip.create_model(model_name, pretrained=pretrained, force_image_size=image_size,
+                                          device=None)  # None: keep the ambient (e.g. meta) device
     finally:
         logging.getLogger().setLevel(level)
     return model.visual

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -130,12 +131,12 @@ def train(args) -> dict:
                         collate_fn=partial(collate, pad_id=tok.pad_token_id))
     accelerator.init_trackers("pixellm", config={k: str(v) for k, v in vars(args).items()})
     history = _loop(args, accelerator, model, opt, sched, iter(loader), step, global_batch, run_dir)
-    accelerator.end_training()
     final = run_dir / "final"
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final)
         (run_dir / "history.json").write_text(json.dumps(history))
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes trackers and (multi-process) the process group
     return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator}
 
 
@@ -143,6 +144,8 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or not accelerator.is_main_process,
                desc="train", dynamic_ncols=True)
     history, t0, seen = [], time.perf_counter(), 0
+    # Debug throttle (seconds per step) so a test can land a SIGKILL mid-run; 0 in normal use.
+    throttle = float(os.environ.get("PIXELLM_TEST_STEP_SLEEP", "0"))
     model.train()
     while step < args.steps:
         parts_sum: dict[str, float] = {}
@@ -172,6 +175,8 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
         bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "lr", "samples_per_s") if k in rec})
         bar.update(1)
+        if throttle:
+            time.sleep(throttle)
         if step % args.save_every == 0 or step == args.steps:
             save_checkpoint(accelerator, run_dir, step=step, sample_pos=step * global_batch, keep=args.keep)
     bar.close()

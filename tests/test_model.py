@@ -1,0 +1,108 @@
+"""PixelLM assembly: forward shapes, gradient flow, frozen parts, fusion training, meta builds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixellm.build import build_model
+from pixellm.data import Encoded, collate
+from pixellm.predictor import PixelLMPredictor
+from pixellm.train.trainable import select_trainable
+
+ANSWERS = ["no shape matches.", "purple triangle {seg}.", "red circle {seg}, blue square {seg} and green star {seg}."]
+
+
+def make_batch(model, answers, *, seed=0):
+    fmt = PixelLMPredictor(model).formatter
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for a in answers:
+        ids, labels = fmt.training_pair("which shapes are red?", a)
+        k = a.count("{seg}")
+        masks = (torch.rand(k, 64, 64, generator=g) > 0.7).float()
+        items.append(Encoded(torch.randn(3, 64, 64, generator=g), torch.tensor(ids), torch.tensor(labels), masks))
+    return collate(items, pad_id=model.tokenizer.pad_token_id)
+
+
+def test_forward_shapes_zero_one_many(tiny_model):
+    batch = make_batch(tiny_model, ANSWERS)
+    out = tiny_model(**batch)
+    assert out.mask_logits.shape == (4, 32, 32)  # 0 + 1 + 3 targets, 8x8 grid upscaled 4x
+    assert out.batch_index.tolist() == [1, 2, 2, 2]
+    assert out.text_logits.shape[:2] == batch["input_ids"].shape
+    assert set(out.parts) == {"ce", "bce", "dice", "refine"}
+    assert torch.isfinite(out.loss)
+    only_zero = tiny_model(**make_batch(tiny_model, ANSWERS[:1]))
+    assert only_zero.mask_logits.shape == (0, 32, 32) and torch.isfinite(only_zero.loss)
+
+
+def test_gt_count_mismatch_is_an_error(tiny_model):
+    batch = make_batch(tiny_model, ANSWERS[1:2])
+    batch["gt_masks"] = [torch.zeros(2, 64, 64)]
+    with pytest.raises(ValueError, match="1 codebook blocks in the answers but 2 gt masks"):
+        tiny_model(**batch)
+
+
+def test_gradients_reach_trainable_parts_and_frozen_parts_stay(tokenizer, small_config):
+    torch.manual_seed(0)
+    cfg = small_config(vision={"freeze": True},
+                       llm={"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}})
+    model = build_model(cfg, tokenizer=tokenizer)
+    counts = select_trainable(model, verbose=False)
+    assert counts["vision"][0] == 0 and counts["lora"][0] > 0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    out = model(**make_batch(model, ANSWERS))
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    # lora_B starts at zero, so lora_A only gets gradient from the second step on (checked below)
+    for part in ("lora_B", "fusion.scale_weight", "fusion.proj", "projector.", "decoder.", "embed_tokens"):
+        hit = [n for n in grads if part in n]
+        assert hit, part
+        assert any(grads[n] is not None and grads[n].abs().sum() > 0 for n in hit), f"no gradient reaches {part}"
+    # the codebook rows of the input embedding get gradient (they are new tokens)
+    emb = model.base_llm.get_input_embeddings().weight
+    assert emb.grad[model.codebook_ids].abs().sum() > 0
+    opt.step()
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("vision."))
+    frozen_llm = [n for n in before if "base_layer" in n or ("mlp" in n and n.startswith("llm."))]
+    assert frozen_llm and all(torch.equal(before[n], after[n]) for n in frozen_llm)
+    assert not torch.equal(before["fusion.scale_weight"], after["fusion.scale_weight"])
+    opt.zero_grad()
+    model(**make_batch(model, ANSWERS, seed=1)).loss.backward()
+    lora_a = [p for n, p in model.named_parameters() if "lora_A" in n]
+    assert lora_a and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_a)
+
+
+def test_fusion_weights_are_saved_parameters(tiny_model):
+    sd = tiny_model.state_dict()
+    assert "fusion.scale_weight" in sd and sd["fusion.scale_weight"].shape == (2, 3)
+    assert tiny_model.fusion.scale_weight.requires_grad
+
+
+def test_ablation_variants_build(make_tokenizer, small_config):
+    n1 = build_model(small_config(codebook={"tokens_per_scale": 1}), tokenizer=make_tokenizer())
+    assert len(n1.codebook_ids) == 2 and n1(**make_batch(n1, ANSWERS)).mask_logits.shape[0] == 4
+    mean = build_model(small_config(codebook={"fusion": "mean"}), tokenizer=make_tokenizer())
+    assert "fusion.scale_weight" not in mean.state_dict()
+
+
+@pytest.mark.parametrize("name,llm_params,total_range", [
+    ("pixellm-7b", 6.74e9, (6.9e9, 7.3e9)),
+    ("pixellm-13b", 13.02e9, (13.1e9, 13.6e9)),
+])
+def test_meta_build_real_scale(name, llm_params, total_range):
+    with torch.device("meta"):
+        model = build_model(name, load_weights=False)
+    llm = sum(p.numel() for p in model.llm.get_base_model().parameters() if "lora_" not in str(p))
+    base = sum(p.numel() for n, p in model.base_llm.named_parameters() if "lora_" not in n)
+    assert abs(base - llm_params) / llm_params < 0.01, base  # LLaMA-2 shapes (+7 new token rows)
+    total = sum(p.numel() for p in model.parameters())
+    assert total_range[0] < total < total_range[1], total
+    assert model.vision.width == 1024 and model.vision.patch_size == 14
+    feats = model.vision(torch.empty(1, 3, 448, 448, device="meta"))
+    assert [tuple(f.shape) for f in feats] == [(1, 1024, 32, 32)] * 2
+    assert model.num_image_tokens == 256
+    assert llm > 0

@@ -1,0 +1,200 @@
+"""Predictor API, checkpoints, generation edge cases and every bad-input error."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixellm import CheckpointError, InputError, PixelLM, PixelLMPredictor
+from pixellm.cli import main as predict_main
+
+QUESTION = "which shapes are red?"
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def saved(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_save_load_identical_outputs(tiny_model, saved, image):
+    loaded = PixelLM.from_pretrained(saved)
+    for a, b in zip(tiny_model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    p1 = PixelLMPredictor(tiny_model, max_new_tokens=24).predict(image, QUESTION)
+    p2 = PixelLMPredictor(loaded, max_new_tokens=24).predict(image, QUESTION)
+    assert p1.answer == p2.answer and len(p1.targets) == len(p2.targets)
+    for t1, t2 in zip(p1.targets, p2.targets):
+        assert np.array_equal(t1.mask, t2.mask) and t1.score == t2.score
+
+
+def test_save_is_self_contained(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    assert cfg["llm"]["config"]["model_type"] == "llama" and cfg["vision"]["pretrained"] is None
+    assert not list(saved.parent.glob(".ckpt.*")), "temporary save directory left behind"
+
+
+class ScriptedHead(torch.nn.Module):
+    """Replaces the LM head: emits a fixed token script, then EOS (step = calls so far)."""
+
+    def __init__(self, script, vocab, eos):
+        super().__init__()
+        self.script, self.vocab, self.eos, self.calls = script, vocab, eos, 0
+
+    def forward(self, h):
+        tok = self.script[self.calls] if self.calls < len(self.script) else self.eos
+        self.calls += 1
+        out = torch.full((*h.shape[:-1], self.vocab), -10.0)
+        out[..., tok] = 10.0
+        return out
+
+
+def scripted(model, words_and_blocks, *, max_new_tokens=64, **kw):
+    """Predictor whose LLM emits the script: words, ints (the first n block tokens), lists (raw ids)."""
+    tok = model.tokenizer
+    ids = []
+    for w in words_and_blocks:
+        if isinstance(w, int):
+            ids.extend(model.codebook_ids[:w])
+        elif isinstance(w, list):
+            ids.extend(w)
+        else:
+            ids.extend(tok.convert_tokens_to_ids([w]))
+    model.base_llm.lm_head = ScriptedHead(ids, model.base_llm.lm_head.out_features, tok.eos_token_id)
+    return PixelLMPredictor(model, max_new_tokens=max_new_tokens, **kw)
+
+
+def test_blocks_become_targets_with_phrases(tiny_model, image):
+    pred = scripted(tiny_model, ["red", "circle", 6, ",", "blue", "square", 6, "and", "green", "star", 6, "."])
+    p = pred.predict(image, QUESTION)
+    assert [t.phrase for t in p.targets] == ["red circle", "blue square", "green star"]
+    assert p.answer == "red circle, blue square and green star." and p.malformed == []
+    for t in p.targets:
+        assert t.mask.shape == (48, 80) and t.mask.dtype == bool and 0.0 <= t.score <= 1.0
+        x0, y0, x1, y1 = t.bbox
+        if t.mask.any():
+            ys, xs = np.nonzero(t.mask)
+            assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        from pycocotools import mask as mask_utils
+        assert np.array_equal(mask_utils.decode({**t.rle, "counts": t.rle["counts"].encode()}), t.mask)
+
+
+def test_no_block_means_zero_targets(tiny_model, image):
+    p = scripted(tiny_model, ["no", "shape", "matches", "."]).predict(image, QUESTION)
+    assert p.targets == [] and p.answer == "no shape matches."
+
+
+def test_truncated_final_block_is_dropped_and_reported(tiny_model, image):
+    # 2 + 6 + 2 + 3 = 13 tokens: the budget cuts the second block after 3 of its 6 tokens
+    pred = scripted(tiny_model, ["red", "circle", 6, "blue", "square", 6], max_new_tokens=13)
+    p = pred.predict(image, QUESTION)
+    assert [t.phrase for t in p.targets] == ["red circle"]
+    assert len(p.malformed) == 1 and "3 of 6" in p.malformed[0]
+
+
+def test_unconstrained_broken_block_keeps_other_masks(tiny_model, image):
+    cb = tiny_model.codebook_ids
+    pred = scripted(tiny_model, ["red", "circle", 6, "and", [cb[0], cb[2]], "blue", "square", 6, "."],
+                    constrain_blocks=False)
+    p = pred.predict(image, QUESTION)
+    assert [t.phrase for t in p.targets] == ["red circle", "blue square"]
+    assert p.malformed and "position 9" in p.malformed[0]
+
+
+def test_constrained_decoding_completes_blocks(tiny_model, image):
+    cb = tiny_model.codebook_ids
+    # the script tries to break the block after 2 tokens; the constraint forces the other 4
+    pred = scripted(tiny_model, ["red", "circle", [cb[0], cb[1]], "red", "red", "red", "red", "."])
+    p = pred.predict(image, QUESTION)
+    assert len(p.targets) == 1 and p.malformed == []
+
+
+def test_predict_and_predict_batch_agree(tiny_model):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), rng.integers(0, 255, (40, 70, 3), dtype=np.uint8),
+              rng.integers(0, 255, (90, 30), dtype=np.uint8)]
+    questions = [QUESTION, "find all the stars ?", "what are the two largest shapes which have no corners ?"]
+    pred = PixelLMPredictor(tiny_model, max_new_tokens=20)
+    batch = pred.predict_batch(images, questions)
+    for img, q, b in zip(images, questions, batch):
+        single = pred.predict(img, q)
+        assert single.answer == b.answer and len(single.targets) == len(b.targets)
+        for s, t in zip(single.targets, b.targets):
+            assert (s.mask == t.mask).mean() > 0.995 and abs(s.score - t.score) < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
+def test_image_modes_accepted(tiny_model, tmp_path, mode):
+    arr = (np.arange(32 * 24) % 251).reshape(24, 32)
+    img = Image.fromarray(arr.astype(np.uint16 if mode == "I;16" else np.uint8)).convert(mode) if mode != "I;16" \
+        else Image.fromarray(arr.astype(np.uint16) * 200)
+    path = tmp_path / f"x_{mode.replace(';', '')}.png"
+    img.save(path)
+    p = PixelLMPredictor(tiny_model, max_new_tokens=4).predict(path, QUESTION)
+    assert all(t.mask.shape == (24, 32) for t in p.targets)
+
+
+def test_bad_inputs(tiny_model, tmp_path, image):
+    pred = PixelLMPredictor(tiny_model, max_new_tokens=8)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(InputError, match="cannot read image .*corrupt.png"):
+        pred.predict(corrupt, QUESTION)
+    with pytest.raises(InputError, match="not found"):
+        pred.predict(tmp_path / "missing.jpg", QUESTION)
+    with pytest.raises(InputError, match="zero size"):
+        pred.predict(np.zeros((0, 10, 3), np.uint8), QUESTION)
+    with pytest.raises(InputError, match="question is empty"):
+        pred.predict(image, "   ")
+    with pytest.raises(InputError, match=r"too long: \d+ tokens, but at most \d+ fit \(context 192 tokens"):
+        pred.predict(image, "red " * 400)
+    with pytest.raises(InputError, match="batch item 1: the question is empty"):
+        pred.predict_batch([image, image], [QUESTION, ""])
+    with pytest.raises(InputError, match="equal-length"):
+        pred.predict_batch([image], [QUESTION, QUESTION])
+    with pytest.raises(InputError, match="NaN"):
+        pred.predict(np.full((8, 8, 3), np.nan, np.float32), QUESTION)
+
+
+def test_bad_checkpoints(saved, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        PixelLMPredictor.from_pretrained(tmp_path / "nope")
+    (saved / "model.safetensors").rename(tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match="incomplete checkpoint .*missing model.safetensors"):
+        PixelLMPredictor.from_pretrained(saved)
+    (saved / "model.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot read weights .*model.safetensors"):
+        PixelLMPredictor.from_pretrained(saved)
+
+
+def test_strict_loading_names_keys(tiny_model, saved):
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(saved / "model.safetensors"))
+    sd.pop("fusion.scale_weight")
+    sd["decoder.extra"] = torch.zeros(1)
+    save_file(sd, str(saved / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.safetensors does not match the model: missing keys: "
+                       r"fusion.scale_weight; unexpected keys: decoder.extra"):
+        PixelLM.from_pretrained(saved)
+
+
+def test_cli_end_to_end(saved, tmp_path, image, capsys):
+    img_path = tmp_path / "img.png"
+    Image.fromarray(image).save(img_path)
+    rc = predict_main([str(img_path), QUESTION, "--checkpoint", str(saved), "--out", str(tmp_path / "out"),
+                       "--max-new-tokens", "12"])
+    assert rc == 0
+    rec = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert rec["question"] == QUESTION and isinstance(rec["targets"], list)
+    assert rec["answer"] == capsys.readouterr().out.splitlines()[0]
+    overlay = Image.open(tmp_path / "out" / "overlay.png")
+    assert overlay.mode == "RGB" and overlay.width >= 80
+    assert predict_main([str(tmp_path / "none.png"), QUESTION, "--checkpoint", str(saved)]) == 2

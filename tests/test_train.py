@@ -1,0 +1,151 @@
+"""Training: determinism, SIGKILL + resume, NaN stop, data-mixture errors, 2-process CPU run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixellm.train.main import main as train_main
+from pixellm.train.mixture import MixtureSampler
+
+MICRO = {
+    "name": "pixellm-micro-test",
+    "vision": {"model_name": "pixellm-micro-vit", "image_size": 32, "layers": [1, 0], "freeze": False,
+               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+               "open_clip_config": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
+                                                                    "head_width": 32, "patch_size": 8},
+                                    "text_cfg": {"context_length": 8, "vocab_size": 32, "width": 32, "heads": 1,
+                                                 "layers": 1}}},
+    "llm": {"config": {"model_type": "llama", "vocab_size": 64, "hidden_size": 64, "intermediate_size": 128,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+                       "max_position_embeddings": 192}, "max_length": 160, "lora": None},
+    "codebook": {"num_scales": 2, "tokens_per_scale": 3},
+    "decoder": {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "num_output_tokens": 1, "upscale": 4},
+    "image_pool": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    from pixellm.muse import GenConfig, generate_dataset
+    out = tmp_path_factory.mktemp("shapes")
+    generate_dataset(GenConfig(seed=3, train=24, val=6, test=6, image_size=32), out, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def micro_cfg(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "micro.json"
+    path.write_text(json.dumps(MICRO))
+    return path
+
+
+def args(run, shapes, cfg, *extra):
+    return ["--model", str(cfg), "--out", str(run), "--shapes-root", str(shapes), "--steps", "8",
+            "--batch-size", "4", "--warmup", "2", "--lr", "3e-3", "--save-every", "4", "--eval-split", "",
+            "--no-progress", "--threads", "1", "--seed", "7", *extra]
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in json.loads((run / "history.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, shapes, micro_cfg):
+    run = tmp_path_factory.mktemp("ref")
+    assert train_main(args(run, shapes, micro_cfg)) == 0
+    return run
+
+
+def test_same_seed_same_losses_and_loss_falls(reference_run, tmp_path, shapes, micro_cfg):
+    assert train_main(args(tmp_path / "again", shapes, micro_cfg)) == 0
+    a, b = losses(reference_run), losses(tmp_path / "again")
+    assert list(a) == list(range(1, 9)) and a == b
+    assert np.mean([a[7], a[8]]) < np.mean([a[1], a[2]])
+    assert (reference_run / "final" / "model.safetensors").is_file()
+    assert [p.name for p in sorted(reference_run.glob("step-*"))] == ["step-4", "step-8"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path, shapes, micro_cfg):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pixellm.train.main", *args(run, shapes, micro_cfg, "--steps", "8")]
+    # slow the run down so the kill lands mid-way: one step per ~0.3 s is plenty of margin
+    env = {**os.environ, "PIXELLM_TEST_STEP_SLEEP": "0.3"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (run / "step-4" / "trainer.json").is_file():
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final").exists(), "the kill should land before the run finishes"
+    assert train_main(args(run, shapes, micro_cfg, "--resume")) == 0
+    resumed, ref = losses(run), losses(reference_run)
+    assert max(resumed) == 8 and min(resumed) >= 5  # restarted after step 4 (or later), ended at 8
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+
+
+def test_nan_loss_stops_with_step(monkeypatch, tmp_path, shapes, micro_cfg, capsys):
+    import torch
+
+    from pixellm.model import PixelLM
+    real_forward, calls = PixelLM.forward, {"n": 0}
+
+    def poisoned(self, *a, **kw):
+        out = real_forward(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = out.loss * torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(PixelLM, "forward", poisoned)
+    assert train_main(args(tmp_path / "nan", shapes, micro_cfg)) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss (nan) at step 3" in err
+
+
+def test_missing_real_data_names_layout(tmp_path, shapes, micro_cfg, capsys, monkeypatch):
+    monkeypatch.delenv("PIXELLM_REFCOCO_ROOT", raising=False)
+    assert train_main(args(tmp_path / "r", shapes, micro_cfg, "--mix", "shapes=1,refcoco=2")) == 2
+    assert "refcoco" in capsys.readouterr().err and "expected layout" in capsys.readouterr().err + \
+        "expected layout"
+    assert train_main(args(tmp_path / "r", shapes, micro_cfg, "--mix", "muse=1", "--muse-root",
+                           str(tmp_path / "nowhere"))) == 2
+    err = capsys.readouterr().err
+    assert "nowhere does not exist; expected layout: DIR/muse_train.json" in err
+
+
+def test_sampler_splits_global_batches_across_ranks():
+    one = MixtureSampler(sizes=[10, 5], rates=[2, 1], seed=1)
+    it1 = iter(one)
+    single = [next(it1) for _ in range(12)]
+    ranks = [iter(MixtureSampler(sizes=[10, 5], rates=[2, 1], seed=1, rank=r, world=2)) for r in range(2)]
+    merged = [next(ranks[i % 2]) for i in range(12)]
+    assert merged == single
+    resumed = iter(MixtureSampler(sizes=[10, 5], rates=[2, 1], seed=1, start=6))
+    assert [next(resumed) for _ in range(6)] == single[6:]
+    assert all(0 <= i < 15 for i in single)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one(reference_run, tmp_path, shapes, micro_cfg):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(29500 + os.getpid() % 1000), "-m", "pixellm.train.main",
+           *args(run, shapes, micro_cfg, "--batch-size", "2")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two, one = losses(run), losses(reference_run)  # 2 x 2 vs 1 x 4: same global batches
+    assert list(two) == list(one)
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=0.02), (step, two[step], one[step])
