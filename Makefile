@@ -4,14 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/shapes
-CKPT ?= checkpoints/pixellm-tiny
+RUN ?= checkpoints/pixellm-tiny
 JOBS ?= 2
+TRAIN_ARGS ?=
+BENCH_ARGS ?=
+FLOPS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test test-fast lint style train bench flops clean
+.PHONY: help install data test lint style train bench bench-ablation flops clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-15s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -22,12 +25,24 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install the project (torch pinned by constraints.txt)
 
-$(DATA)/muse_train.json: | $(STAMP)
-	$(BIN)/pixellm-data --out $(DATA)
-
 data: $(STAMP) ## Generate the default procedural MUSE-format dataset under data/ (skips if present)
 	@if [ -f $(DATA)/muse_train.json ]; then echo "$(DATA) exists (delete it to regenerate)"; \
 	else $(BIN)/pixellm-data --out $(DATA); fi
+
+train: $(STAMP) ## Install, generate data if missing, train pixellm-tiny on CPU, evaluate on val, print the table
+	@[ -f $(DATA)/muse_train.json ] || $(BIN)/pixellm-data --out $(DATA)
+	$(BIN)/pixellm-train --model pixellm-tiny --shapes-root $(DATA) --out $(RUN) $(TRAIN_ARGS)
+
+flops: $(STAMP) ## Compute report: FLOPs (meta device), CPU/GPU latency -> benchmarks/results/
+	$(BIN)/pixellm-flops --out benchmarks/results $(FLOPS_ARGS)
+
+bench: $(STAMP) ## Score the trained default model vs trivial baselines -> benchmarks/results/
+	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }
+	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --threads $(JOBS) $(BENCH_ARGS)
+
+bench-ablation: $(STAMP) ## Also train + bench the ablation variants (3 more training runs, same seed and budget)
+	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }
+	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --threads $(JOBS) --ablation --train-args "$(TRAIN_ARGS)" $(BENCH_ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q

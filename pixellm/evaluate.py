@@ -1,7 +1,12 @@
-"""Evaluation on Sample sequences: generated answers (the honest number) and teacher-forced masks."""
+"""Evaluation on Sample sequences: generated answers (the honest number) and teacher-forced masks.
+
+Both loops score the first ``limit`` samples of a sequence, in order, so a benchmark can put
+other predictors (e.g. trivial baselines) on exactly the same questions.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -9,8 +14,43 @@ from tqdm.auto import tqdm
 
 from .data import SegmentationDataset, collate
 from .decoder import postprocess_masks
+from .errors import InputError
 from .muse import MultiTargetIoU, ReferringIoU
-from .predictor import Prediction, PixelLMPredictor
+from .muse.metrics import NUM_K_BUCKETS
+from .predictor import PixelLMPredictor, Prediction
+
+
+class SplitScores:
+    """DESIGN §5 multi-target metrics over all questions and over the zero-target ones only."""
+
+    def __init__(self) -> None:
+        self.all, self.zero = MultiTargetIoU(), MultiTargetIoU()
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        """Add one question: pred (Kp, H, W) and gt (Kg, H, W) bool masks (Kp, Kg may be 0)."""
+        self.all.update([pred], [gt])
+        if gt.shape[0] == 0:
+            self.zero.update([pred], [gt])
+
+    def compute(self) -> dict:
+        """{"all": metrics, "zero_target": metrics or None when no question had 0 targets}."""
+        return {"all": self.all.compute(),
+                "zero_target": self.zero.compute() if self.zero.update_count else None}
+
+
+def k_bucket(k: int) -> str:
+    """The gIoU-by-K bucket name of a question with ``k`` targets ("0".."10", "11+")."""
+    return str(k) if k < NUM_K_BUCKETS - 1 else f"{NUM_K_BUCKETS - 1}+"
+
+
+def _count(samples: Sequence, limit: int) -> int:
+    return min(len(samples), limit) if limit else len(samples)
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str) -> Iterator[list[int]]:
+    """Consecutive index lists covering range(n), with a progress bar."""
+    for start in tqdm(range(0, n, batch_size), disable=not progress, desc=desc, dynamic_ncols=True):
+        yield list(range(start, min(n, start + batch_size)))
 
 
 def _pred_masks(p: Prediction, h: int, w: int) -> torch.Tensor:
@@ -19,36 +59,80 @@ def _pred_masks(p: Prediction, h: int, w: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.mask for t in p.targets]))
 
 
+def _predict(predictor: PixelLMPredictor, batch: list, failures: list[str]) -> list[Prediction]:
+    """Predict a batch; on a bad input retry one by one so only the bad question fails.
+
+    A failed question (e.g. longer than the context) gets an empty prediction: it is still
+    scored, as a miss, rather than silently dropped.
+    """
+    try:
+        return predictor.predict_batch([s.image_path for s in batch], [s.question for s in batch])
+    except InputError:
+        pass
+    out = []
+    for s in batch:
+        try:
+            out.append(predictor.predict(s.image_path, s.question))
+        except InputError as e:
+            failures.append(f"{s.source} image {s.image_id} question {s.question_index}: {e}")
+            out.append(Prediction("", []))
+    return out
+
+
 def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch_size: int = 32,
                         limit: int = 0, progress: bool = True, keep_predictions: int = 0) -> dict:
     """Generate answers for ``samples`` and score them (DESIGN §5 multi-target metrics).
 
     Args:
-        samples: :class:`pixellm.muse.Sample` sequence. limit: score the first N only (0: all).
+        predictor: the model to run (its device and dtype are used).
+        samples: :class:`pixellm.muse.Sample` sequence.
+        batch_size: questions per generation pass.
+        limit: score the first N only (0: all).
+        progress: show a tqdm bar.
         keep_predictions: return this many (sample, prediction) pairs for overlays.
     Returns:
-        {"all": metrics, "zero_target": metrics on 0-target questions, "queries_per_s": float,
-         "n": int, "examples": [(sample, Prediction), ...]}
+        {"all": metrics, "zero_target": metrics on 0-target questions or None,
+         "queries_per_s": float, "n": int, "n_failed": questions whose input was rejected
+         (scored as empty predictions), "failures": their first messages, "n_malformed":
+         answers with a dropped broken block, "examples": [(sample, Prediction), ...]}.
     """
-    import time
-
-    n = min(len(samples), limit) if limit else len(samples)
-    overall, zero = MultiTargetIoU(), MultiTargetIoU()
-    examples, t0 = [], time.perf_counter()
-    for start in tqdm(range(0, n, batch_size), disable=not progress, desc="eval", dynamic_ncols=True):
-        batch = [samples[i] for i in range(start, min(n, start + batch_size))]
-        preds = predictor.predict_batch([s.image_path for s in batch], [s.question for s in batch])
-        for s, p in zip(batch, preds):
-            gt = torch.from_numpy(s.masks())
-            pm = _pred_masks(p, s.height, s.width)
-            overall.update([pm], [gt])
-            if gt.shape[0] == 0:
-                zero.update([pm], [gt])
+    n = _count(samples, limit)
+    scores, examples, failures, malformed = SplitScores(), [], [], 0
+    t0 = time.perf_counter()
+    for idx in _batches(n, batch_size, progress, "eval"):
+        batch = [samples[i] for i in idx]
+        for s, p in zip(batch, _predict(predictor, batch, failures), strict=True):
+            scores.update(_pred_masks(p, s.height, s.width), torch.from_numpy(s.masks()))
+            malformed += bool(p.malformed)
             if len(examples) < keep_predictions:
                 examples.append((s, p))
     secs = time.perf_counter() - t0
-    return {"all": overall.compute(), "zero_target": zero.compute() if zero.update_count else None,
-            "queries_per_s": n / secs if secs else float("nan"), "n": n, "examples": examples}
+    return {**scores.compute(), "queries_per_s": n / secs if secs else float("nan"), "n": n,
+            "n_failed": len(failures), "failures": failures[:10], "n_malformed": malformed,
+            "examples": examples}
+
+
+def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tuple[list, list]:
+    """(kept indices, encoded examples) of a batch; too-long or 0-target questions are left out."""
+    kept, enc = [], []
+    for i in idx:
+        if ds.samples[i].num_targets == 0:
+            continue  # the gt answer has no block: nothing to align
+        try:
+            enc.append(ds[i])
+            kept.append(i)
+        except InputError as e:
+            skipped.append(f"question {i}: {e}")
+    return kept, enc
+
+
+def _full_size_masks(model, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Decoder logits (K, h', w') -> (K, h, w) bool at the original size (resize-longest + pad)."""
+    s_ = model.config.vision.image_size
+    scale = s_ / max(h, w)
+    valid = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return postprocess_masks(logits.float(), padded_size=(s_, s_), valid_size=valid,
+                             original_size=(h, w)) > 0
 
 
 @torch.no_grad()
@@ -56,28 +140,42 @@ def evaluate_teacher_forced(model, samples: Sequence, *, formatter, batch_size: 
                             limit: int = 0, progress: bool = True) -> dict:
     """LISA protocol: feed the ground-truth answer, align masks by order, gIoU/cIoU per mask.
 
+    Zero-target questions have no mask to align and are counted, not scored; questions whose
+    prompt + answer exceed the context are skipped and counted.
+
     Returns:
-        ReferringIoU metrics over all targets of the (first ``limit``) samples.
+        ReferringIoU metrics {"giou", "ciou", "n_masks"} over all targets of the first
+        ``limit`` samples, plus "giou_by_k" / "ciou_by_k" (masks of the questions with K
+        targets pooled) and "n_by_k" (questions) per bucket, "n_questions" scored, "n_zero_target",
+        "n_skipped", "skipped" (first messages) and "queries_per_s".
     """
     cfg = model.config
     ds = SegmentationDataset(samples, formatter=formatter, image_size=cfg.vision.image_size,
                              mean=cfg.vision.mean, std=cfg.vision.std)
-    metric = ReferringIoU()
-    n = min(len(samples), limit) if limit else len(samples)
-    dev = next(model.parameters()).device
-    s_ = cfg.vision.image_size
-    for start in tqdm(range(0, n, batch_size), disable=not progress, desc="eval-tf", dynamic_ncols=True):
-        idx = list(range(start, min(n, start + batch_size)))
-        b = collate([ds[i] for i in idx], pad_id=formatter.tokenizer.pad_token_id)
+    metric, by_k, n_by_k, skipped = ReferringIoU(), {}, {}, []
+    n, dev = _count(samples, limit), next(model.parameters()).device
+    t0 = time.perf_counter()
+    for idx in _batches(n, batch_size, progress, "eval-tf"):
+        kept, enc = _encode(ds, idx, skipped)
+        if not kept:
+            continue
+        b = collate(enc, pad_id=formatter.tokenizer.pad_token_id)
         out = model(b["pixels"].to(dev), b["input_ids"].to(dev), b["attention_mask"].to(dev))
-        for j, i in enumerate(idx):
-            s = samples[i]
+        for j, i in enumerate(kept):
+            s, gt = samples[i], torch.from_numpy(samples[i].masks())
             logits = out.mask_logits[out.batch_index == j]
-            if logits.shape[0] == 0:
-                continue
-            h, w = s.height, s.width
-            scale = s_ / max(h, w)
-            valid = (max(1, round(h * scale)), max(1, round(w * scale)))
-            full = postprocess_masks(logits.float(), padded_size=(s_, s_), valid_size=valid, original_size=(h, w))
-            metric.update([full > 0], [torch.from_numpy(s.masks())])
-    return metric.compute()
+            if logits.shape[0] != gt.shape[0]:  # the forced answer always holds K blocks
+                raise RuntimeError(f"{logits.shape[0]} blocks for {gt.shape[0]} targets: {s.answer!r}")
+            pred = _full_size_masks(model, logits, s.height, s.width)
+            metric.update([pred], [gt])
+            bucket = k_bucket(gt.shape[0])
+            by_k.setdefault(bucket, ReferringIoU()).update([pred], [gt])
+            n_by_k[bucket] = n_by_k.get(bucket, 0) + 1
+    secs = time.perf_counter() - t0
+    order = sorted(by_k, key=lambda k: int(k.rstrip("+")))
+    return {**metric.compute(), "giou_by_k": {k: by_k[k].compute()["giou"] for k in order},
+            "ciou_by_k": {k: by_k[k].compute()["ciou"] for k in order},
+            "n_by_k": {k: n_by_k[k] for k in order}, "n_questions": sum(n_by_k.values()),
+            "n_zero_target": sum(samples[i].num_targets == 0 for i in range(n)),
+            "n_skipped": len(skipped), "skipped": skipped[:10],
+            "queries_per_s": n / secs if secs else float("nan")}

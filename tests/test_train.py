@@ -136,15 +136,28 @@ def test_sampler_splits_global_batches_across_ranks():
     assert all(0 <= i < 15 for i in single)
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(reference_run, tmp_path, shapes, micro_cfg):
     run = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(29500 + os.getpid() % 1000), "-m", "pixellm.train.main",
+           "--master_port", str(free_port()), "-m", "pixellm.train.main",
            *args(run, shapes, micro_cfg, "--batch-size", "2")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:  # never leave the worker processes behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
     two, one = losses(run), losses(reference_run)  # 2 x 2 vs 1 x 4: same global batches
     assert list(two) == list(one)
     for step in one:

@@ -1,0 +1,296 @@
+"""``pixellm-bench`` outputs: JSON per split, a summary JSON, Markdown, and PNG plots.
+
+File names carry model, split, device, dtype and torch version, e.g.
+``bench_pixellm-tiny_shapes-val_cpu_float32_torch2.14.1.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import textwrap
+from pathlib import Path
+
+from .baselines import LABELS
+
+METRICS = ("giou", "ciou", "count_acc", "precision50", "recall50")
+HEADER = ["gIoU", "cIoU", "count acc", "P@0.5", "R@0.5"]
+GEN_LABEL = "PixelLM, generated answer"
+TF_LABEL = "PixelLM, teacher-forced (LISA: per mask, order-aligned)"
+
+
+# -- names and numbers ----------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def stems(meta: dict) -> tuple[str, str]:
+    """(model part, device/dtype/torch part) of every output file name."""
+    return _safe(meta["model"]), f"{meta['device']}_{meta['dtype']}_torch{meta['torch']}"
+
+
+def _f(x, digits: int = 3) -> str:
+    """A number for a table; "–" for missing or undefined (NaN)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _clean(obj):
+    """NaN -> None recursively, so the JSON is strict (jq, browsers)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _table(header: list[str], rows: list[list], *, left: int = 1) -> list[str]:
+    """Markdown table lines; the first ``left`` (text) columns left-aligned, numbers right."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * left + "---:|" * (len(header) - left)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
+# -- Markdown -------------------------------------------------------------------------------
+def verdict(report: dict) -> str:
+    """One sentence: does the model beat all three baselines by the margin on every split?"""
+    sets, margin = report["sets"], report["meta"]["margin"]
+    wins = [r["name"] for r in sets if r["comparison"]["beats_all_by_margin"]]
+    rule = (f"a wide margin (>= {margin:.2f} in both gIoU and cIoU over the best of the three "
+            "trivial baselines, generated answers)")
+    if len(wins) == len(sets):
+        return f"**The model beats all three trivial baselines by {rule} on every split.**"
+    losses = ", ".join(r["name"] for r in sets if r["name"] not in wins)
+    return (f"**The model does NOT beat all three trivial baselines by {rule} on: {losses}** "
+            f"({len(wins)} of {len(sets)} splits pass).")
+
+
+def _summary_rows(report: dict) -> list[list]:
+    rows = []
+    for r in report["sets"]:
+        g, c, tf = r["generation"]["all"], r["comparison"], r["teacher_forced"] or {}
+        rows.append([r["name"], r["n"], _f(g["giou"]), _f(g["ciou"]), _f(tf.get("giou")),
+                     _f(tf.get("ciou")), f"{_f(c['best_giou'])} ({c['best_giou_baseline']})",
+                     f"{_f(c['best_ciou'])} ({c['best_ciou_baseline']})", _f(c["lead_giou"]),
+                     _f(c["lead_ciou"]), "yes" if c["beats_all_by_margin"] else "**no**"])
+    return rows
+
+
+def _method_rows(r: dict, part: str) -> list[tuple[str, dict | None]]:
+    """(label, metrics) of the model and each baseline on "all" or "zero_target" questions."""
+    rows = [(GEN_LABEL, r["generation"][part])]
+    if part == "all" and r["teacher_forced"]:
+        rows.append((TF_LABEL, r["teacher_forced"]))
+    return rows + [(LABELS[k], v[part]) for k, v in r["baselines"].items()]
+
+
+def _metric_table(r: dict, part: str) -> list[str]:
+    rows = [[label, *(_f(m.get(k)) for k in METRICS)] for label, m in _method_rows(r, part) if m]
+    return _table(["method", *HEADER], rows)
+
+
+def _by_k_table(r: dict) -> list[str]:
+    n_by_k = r["generation"]["all"]["n_by_k"]
+    ks = list(n_by_k)
+    rows = [["questions", *(n_by_k[k] for k in ks)]]
+    for label, m in _method_rows(r, "all"):
+        rows.append([label, *(_f(m["giou_by_k"].get(k)) for k in ks)])
+    return _table(["gIoU by number of targets K", *(f"K={k}" for k in ks)], rows)
+
+
+def _set_section(r: dict, files: dict[str, str]) -> list[str]:
+    gen, tf = r["generation"], r["teacher_forced"]
+    lines = [f"## {r['name']}", "", f"{r['n']} questions; generation {_f(gen['queries_per_s'], 1)} "
+             f"queries/s.", "", *_metric_table(r, "all"), "", *_by_k_table(r), ""]
+    notes = []
+    if gen["n_failed"]:
+        notes.append(f"{gen['n_failed']} question(s) rejected by the predictor, scored as empty "
+                     f"answers (first: {gen['failures'][0]})")
+    if gen["n_malformed"]:
+        notes.append(f"{gen['n_malformed']} generated answer(s) had a broken codebook block (dropped)")
+    if tf:
+        notes.append(f"teacher-forced: {tf['n_questions']} questions / {tf['n_masks']} masks scored; "
+                     f"{tf['n_zero_target']} zero-target questions have no mask to align; "
+                     f"{tf['n_skipped']} skipped (too long for the context)")
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+    zero = gen["zero_target"]
+    if zero:
+        lines += [f"Zero-target questions only ({zero['n_questions']}; gIoU = share answered with "
+                  "no mask; the teacher-forced pass has nothing to align here):", "",
+                  *_metric_table(r, "zero_target"), ""]
+    alt = {"giou_by_k": "gIoU by number of targets", "examples": "example overlays"}
+    return lines + [f"![{alt[kind]}]({name})" for kind, name in files.items()] + [""]
+
+
+def ablation_markdown(ab: dict) -> list[str]:
+    """The ablation table: one row per variant, gIoU/cIoU leads over the default."""
+    rows = []
+    for r in ab["rows"]:
+        t = r["train"] or {}
+        rows.append([r["variant"], r["description"], " ".join(r["flags"]) or "–",
+                     *(_f(r["all"][k]) for k in METRICS), _f(r.get("delta_giou")),
+                     _f(r.get("delta_ciou")), _f(t.get("train_samples_per_s"), 1),
+                     t.get("steps") or "–"])
+    header = ["variant", "what", "flags", *HEADER, "Δ gIoU", "Δ cIoU", "train samples/s", "steps"]
+    lines = [f"## Ablation ({ab['split']}, generated answers, same seed and budget)", "",
+             f"Training arguments: `{' '.join(ab['train_args']) or '(pixellm-train defaults)'}`; "
+             f"runs in `{ab['runs']}`.", "", *_table(header, rows, left=3)]
+    return lines + (["", f"**Warning:** {ab['note']}"] if ab["note"] else [])
+
+
+def _throughput(report: dict) -> list[str]:
+    t, meta = report["training"], report["meta"]
+    train = ("training: no history.json / eval.json next to the checkpoint" if not t else
+             f"training: {_f(t['train_samples_per_s'], 1)} samples/s over {t['steps']} steps"
+             + (f" ({t['train_seconds'] / 60:.1f} min)" if t.get("train_seconds") else "")
+             + f" (from {', '.join(Path(s).name for s in t['source'])})")
+    rows = [[r["name"], _f(r["generation"]["queries_per_s"], 1),
+             _f((r["teacher_forced"] or {}).get("queries_per_s"), 1)] for r in report["sets"]]
+    return ["## Throughput", "", f"- {train}",
+            f"- evaluation on {meta['device_name']} ({meta['dtype']}, batch {meta['batch_size']}):",
+            "", *_table(["split", "generation queries/s", "teacher-forced queries/s"], rows)]
+
+
+def to_markdown(report: dict, files: dict[str, dict[str, str]] | None = None) -> str:
+    """The whole report (``files``: split -> {kind: PNG file name} to embed)."""
+    meta, files = report["meta"], files or {}
+    header = ["split", "n", "gIoU", "cIoU", "TF gIoU", "TF cIoU", "best baseline gIoU",
+              "best baseline cIoU", "lead gIoU", "lead cIoU", "wide margin"]
+    lines = [f"# Benchmark: {meta['model']}", "",
+             f"Checkpoint `{meta['checkpoint']}`; {meta['device_name']}, {meta['dtype']}, torch "
+             f"{meta['torch']}; limit {meta['limit'] or 'none'}; baseline seed {meta['seed']}; "
+             f"{meta['date']}. Command: `{meta['command']}`.", "", verdict(report), "",
+             "Generated answers (DESIGN §5: Hungarian matching, unmatched masks count) vs the best "
+             "trivial baseline per metric; TF = teacher-forced (LISA protocol), for reference.", "",
+             *_table(header, _summary_rows(report)), "", *_throughput(report), ""]
+    for r in report["sets"]:
+        lines += _set_section(r, files.get(r["name"], {}))
+    if report["ablation"]:
+        lines += ablation_markdown(report["ablation"])
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ----------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_giou_by_k(r: dict, path: Path) -> None:
+    """gIoU per number of targets K: model (generated, teacher-forced) vs the baselines."""
+    plt = _pyplot()
+    ks = list(r["generation"]["all"]["n_by_k"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for label, m in _method_rows(r, "all"):
+        ys = [m["giou_by_k"].get(k, float("nan")) for k in ks]
+        model = label in (GEN_LABEL, TF_LABEL)
+        ax.plot(ks, ys, marker="o", lw=2.2 if model else 1.2, ls="--" if label == TF_LABEL else "-",
+                label=label.split(" (")[0])
+    ax.set(title=f"{r['name']}: gIoU by number of targets", xlabel="targets K", ylabel="gIoU",
+           ylim=(0, 1.05))
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def pick_examples(examples: list, n: int) -> list:
+    """Up to ``n`` (sample, prediction) pairs, one per target count first (variety), then in order."""
+    seen, first, rest = set(), [], []
+    for s, p in examples:
+        (rest if s.num_targets in seen else first).append((s, p))
+        seen.add(s.num_targets)
+    return (first + rest)[:n]
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    """At most 3 lines of ``width``; placeholders dropped, no space before punctuation."""
+    text = re.sub(r"\s+([,.;:!?])", r"\1", " ".join(text.replace("{seg}", "").split()))
+    return "\n".join(textwrap.wrap(text, width)[:3])
+
+
+def plot_examples(examples: list, path: Path, title: str) -> None:
+    """Rows of [image | ground-truth masks | predicted masks] with question and answers."""
+    import numpy as np
+
+    from pixellm.overlay import draw_overlay
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.7 * len(examples)), squeeze=False)
+    for row, (s, p) in zip(axes, examples, strict=True):
+        rgb = s.load_image()
+        gt = draw_overlay(rgb, list(s.masks()), [ph[:16] for ph in s.phrases], min_side=128)
+        pred = draw_overlay(rgb, [t.mask for t in p.targets], [t.phrase[:16] for t in p.targets],
+                            min_side=128)
+        texts = [f"Q: {s.question}", f"GT ({s.num_targets}): {s.answer}",
+                 f"PixelLM ({len(p.targets)}): {p.answer}"]
+        for ax, img, text in zip(row, (rgb, np.asarray(gt), np.asarray(pred)), texts, strict=True):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(_wrap(text), fontsize=7)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# -- files ----------------------------------------------------------------------------------
+def _write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(_clean(obj), indent=2, default=str) + "\n")
+    return path
+
+
+def _set_files(r: dict, examples: list, out: Path, stem: str, n_examples: int) -> tuple[list, dict]:
+    """One split's JSON and PNGs; returns (paths, {kind: PNG name} for the Markdown)."""
+    paths, pngs = [], {}
+    paths.append(out / f"{stem}_giou_by_k.png")
+    plot_giou_by_k(r, paths[-1])
+    pngs["giou_by_k"] = paths[-1].name
+    chosen = pick_examples(examples, n_examples)
+    if chosen:
+        paths.append(out / f"{stem}_examples.png")
+        plot_examples(chosen, paths[-1], f"{r['name']}: ground truth vs generated answer")
+        pngs["examples"] = paths[-1].name
+    return paths, pngs
+
+
+def write_outputs(report: dict, examples: dict[str, list], out: Path,
+                  n_examples: int = 6) -> list[Path]:
+    """Everything under ``out`` (created); the ablation table also next to its runs.
+
+    Returns:
+        the written paths.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    model, tag = stems(report["meta"])
+    paths, files = [], {}
+    for r in report["sets"]:
+        stem = f"bench_{model}_{_safe(r['name'])}_{tag}"
+        paths.append(_write_json(out / f"{stem}.json", {"meta": report["meta"], **r}))
+        new, files[r["name"]] = _set_files(r, examples.get(r["name"], []), out, stem, n_examples)
+        paths += new
+    paths.append(_write_json(out / f"bench_{model}_{tag}.json", report))
+    paths.append(out / f"bench_{model}_{tag}.md")
+    paths[-1].write_text(to_markdown(report, files))
+    if report["ablation"]:
+        paths += _write_ablation(report, out / f"ablation_{model}_{_safe(report['ablation']['split'])}_{tag}")
+    return paths
+
+
+def _write_ablation(report: dict, stem: Path) -> list[Path]:
+    ab = report["ablation"]
+    md = "\n".join([f"# Ablation: {report['meta']['model']}", "", *ablation_markdown(ab)]) + "\n"
+    runs = Path(ab["runs"])
+    runs.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for base in (stem, runs / "ablation"):
+        paths.append(_write_json(base.with_name(base.name + ".json"), {"meta": report["meta"], **ab}))
+        paths.append(base.with_name(base.name + ".md"))
+        paths[-1].write_text(md)
+    return paths

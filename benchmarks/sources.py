@@ -1,0 +1,103 @@
+"""The evaluation sets of ``pixellm-bench``: the generated dataset, real MUSE and refCOCO.
+
+Every set pairs its questions with an :class:`~pixellm.benchmarks.baselines.InstanceIndex`
+(all objects of each image) for the trivial baselines.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixellm.errors import InputError
+
+from .baselines import InstanceIndex
+
+SHAPES_SPLITS = ("val", "test_less", "test_many", "multi_ref")
+MUSE_SPLITS = ("val", "test_less", "test_many")
+LAYOUTS = {
+    "shapes": "DIR/muse_<split>.json + DIR/images/ (made by `pixellm-data --out DIR`, or `make data`)",
+    "muse": "DIR/muse_<split>.json (official MUSE JSON: file_name or coco_url, ann_list, questions, "
+            "answers) + DIR/images/ (COCO train2014/ or train2017/ files)",
+    "refcoco": "DIR/<dataset>/refs(<split_by>).p + DIR/<dataset>/instances.json + DIR/images/ "
+               "(COCO train2014 files)",
+}
+
+
+@dataclass
+class EvalSet:
+    """One benchmark split.
+
+    Attributes:
+        name: "<source>-<split>", e.g. "shapes-val", "refcoco-val-multi_ref".
+        samples: the questions, as :class:`pixellm.muse.Sample`.
+        instances: all instance masks of each image, for the baselines.
+    """
+
+    name: str
+    samples: Sequence
+    instances: InstanceIndex
+
+
+def _muse_file(source: str, root: Path, split: str) -> Path:
+    path = root / f"muse_{split}.json"
+    if not path.is_file():
+        raise InputError(f"{source}: {path} not found (choose splits with --{source}-splits); "
+                         f"expected layout: {LAYOUTS[source]}")
+    return path
+
+
+def muse_sets(source: str, root: str | Path, splits: Sequence[str], *,
+              images: str | Path | None = None, lvis: str | Path | None = None,
+              strict: bool = True) -> list[EvalSet]:
+    """MUSE-format splits (``source`` "shapes" or "muse") under ``root``.
+
+    Args:
+        root: folder with ``muse_<split>.json`` and ``images/``.
+        splits: split names, e.g. ("val", "test_less").
+        images: the image root, if not ``root/images`` (``file_name`` / ``coco_url`` resolve
+            against it as in :class:`pixellm.muse.MuseDataset`).
+        lvis: an LVIS instances file to take each image's objects from; default: the records'
+            ``ann_list``.
+        strict: raise on a malformed record (else skip it, see ``MuseDataset``).
+    Raises:
+        InputError: ``root`` or a split file is missing; the message names the layout.
+    """
+    from pixellm.muse import MuseDataset
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{source}: {root} does not exist; expected layout: {LAYOUTS[source]}")
+    shared = InstanceIndex.from_lvis(lvis) if lvis else None
+    images = Path(images) if images else root / "images"
+    out = []
+    for split in splits:
+        path = _muse_file(source, root, split)
+        out.append(EvalSet(f"{source}-{split}", MuseDataset(path, images, strict=strict),
+                           shared or InstanceIndex.from_muse_json(path)))
+    return out
+
+
+def refcoco_sets(root: str | Path, splits: Sequence[str], *, dataset: str = "refcoco",
+                 split_by: str = "unc", strict: bool = True) -> list[EvalSet]:
+    """Per split: the single-target referring set and its multi-referring questions (DESIGN §4).
+
+    Raises:
+        InputError: the refs pickle or ``instances.json`` is missing; the message names the layout.
+    """
+    from pixellm.muse import RefCocoDataset, multi_referring
+
+    root = Path(root)
+    refs, instances = root / dataset / f"refs({split_by}).p", root / dataset / "instances.json"
+    for path in (refs, instances):
+        if not path.is_file():
+            raise InputError(f"refcoco: {path} not found; expected layout: {LAYOUTS['refcoco']}")
+    index = InstanceIndex.from_coco(instances)  # one load, shared by all splits
+    out = []
+    for split in splits:
+        ds = RefCocoDataset(root, dataset=dataset, split_by=split_by, split=split, strict=strict)
+        if len(ds) == 0:
+            raise InputError(f"refcoco: no ref of split {split!r} in {refs}")
+        out += [EvalSet(f"{dataset}-{split}", ds, index),
+                EvalSet(f"{dataset}-{split}-multi_ref", multi_referring(ds), index)]
+    return out
