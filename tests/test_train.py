@@ -124,16 +124,22 @@ def test_missing_real_data_names_layout(tmp_path, shapes, micro_cfg, capsys, mon
     assert "nowhere does not exist; expected layout: DIR/muse_train.json" in err
 
 
-def test_sampler_splits_global_batches_across_ranks():
-    one = MixtureSampler(sizes=[10, 5], rates=[2, 1], seed=1)
-    it1 = iter(one)
+@pytest.mark.parametrize("bucket", [1, 4])
+def test_sampler_splits_global_batches_across_ranks(bucket):
+    lengths = list(np.random.default_rng(0).integers(10, 100, 15))
+    kw = dict(sizes=[10, 5], rates=[2, 1], seed=1, lengths=lengths, bucket=bucket)
+    it1 = iter(MixtureSampler(**kw))
     single = [next(it1) for _ in range(12)]
-    ranks = [iter(MixtureSampler(sizes=[10, 5], rates=[2, 1], seed=1, rank=r, world=2)) for r in range(2)]
+    ranks = [iter(MixtureSampler(**kw, rank=r, world=2)) for r in range(2)]
     merged = [next(ranks[i % 2]) for i in range(12)]
     assert merged == single
-    resumed = iter(MixtureSampler(sizes=[10, 5], rates=[2, 1], seed=1, start=6))
+    resumed = iter(MixtureSampler(**kw, start=6))  # mid-chunk when bucket=4
     assert [next(resumed) for _ in range(6)] == single[6:]
     assert all(0 <= i < 15 for i in single)
+    if bucket > 1:  # each chunk of 4 is sorted by length
+        for c in range(3):
+            chunk = [lengths[i] for i in single[4 * c: 4 * c + 4]]
+            assert chunk == sorted(chunk)
 
 
 def free_port() -> int:

@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=16, help="micro-batch per process")
     p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--bucket-batches", type=int, default=8,
+                   help="sort each run of N global batches by length to cut padding (1: off)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95))
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -126,7 +126,9 @@ def train(args) -> dict:
     global_batch = args.batch_size * world * args.grad_accum
     sampler = MixtureSampler(sizes=[len(s) for s in sources.values()],
                              rates=list(parse_mix(args.mix).values()), seed=args.seed,
-                             start=pos, rank=rank, world=world)
+                             start=pos, rank=rank, world=world,
+                             lengths=_approx_lengths(samples, model.config.block_len),
+                             bucket=args.batch_size * world * args.bucket_batches)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         collate_fn=partial(collate, pad_id=tok.pad_token_id))
     accelerator.init_trackers("pixellm", config={k: str(v) for k, v in vars(args).items()})
@@ -138,6 +140,12 @@ def train(args) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and (multi-process) the process group
     return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator}
+
+
+def _approx_lengths(samples, block_len: int) -> list[int]:
+    """Cheap token-length proxy per sample (words + block tokens) for length bucketing."""
+    return [len(s.question.split()) + len(s.answer.split()) + (block_len - 1) * s.answer.count("{seg}")
+            for s in (samples[i] for i in range(len(samples)))]
 
 
 def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir) -> list[dict]:

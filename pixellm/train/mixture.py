@@ -83,14 +83,21 @@ class MixtureDataset(Dataset):
 class MixtureSampler(Sampler[int]):
     """Infinite deterministic index stream; item ``n`` depends only on (seed, n).
 
-    Each global batch of ``global_batch`` indices is split across processes (rank r takes
-    positions r, r+W, ...), so 1 process and W processes see the same global batches, and a
-    resumed run restarts exactly at ``start`` (a global sample position).
+    The global stream is split across processes (rank r takes positions r, r+W, ...), so 1
+    process and W processes see the same global batches, and a resumed run restarts exactly at
+    ``start`` (a global sample position).
+
+    With ``lengths`` (token length per flat index), each chunk of ``bucket`` consecutive global
+    positions is reordered by length, so a batch holds similar lengths and little padding;
+    the reorder depends only on the chunk, which keeps the guarantees above.
     """
 
     def __init__(self, *, sizes: Sequence[int], rates: Sequence[float], seed: int,
-                 start: int = 0, rank: int = 0, world: int = 1) -> None:
+                 start: int = 0, rank: int = 0, world: int = 1,
+                 lengths: Sequence[int] | None = None, bucket: int = 1) -> None:
         self.sizes, self.seed, self.start, self.rank, self.world = list(sizes), seed, start, rank, world
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.bucket = max(1, bucket) if lengths is not None else 1
         p = np.asarray(rates, dtype=np.float64)
         self.probs = p / p.sum()
         self.offsets = np.cumsum([0, *self.sizes])
@@ -108,10 +115,21 @@ class MixtureSampler(Sampler[int]):
             self._cache = ((src, epoch), np.random.default_rng([self.seed, src, epoch]).permutation(self.sizes[src]))
         return self._cache[1]
 
+    def chunk(self, c: int) -> list[int]:
+        """Flat indices of global positions [c*bucket, (c+1)*bucket), length-sorted if bucketing."""
+        idx = [self.index(n) for n in range(c * self.bucket, (c + 1) * self.bucket)]
+        if self.lengths is not None and self.bucket > 1:
+            idx.sort(key=lambda i: self.lengths[i])
+        return idx
+
     def __iter__(self):
         n = self.start + self.rank
+        c, items = -1, []
         while True:
-            yield self.index(n)
+            if n // self.bucket != c:
+                c = n // self.bucket
+                items = self.chunk(c)
+            yield items[n - c * self.bucket]
             n += self.world
 
     def __len__(self) -> int:  # effectively infinite; DataLoader only needs a number
