@@ -16,6 +16,7 @@ from .errors import ConfigError
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _REGISTRY: dict[str, dict[str, Any]] = {}
+_BUILTIN_LOADED = False
 
 
 @dataclass
@@ -124,10 +125,14 @@ class PixelLMConfig:
 
 
 def _load_builtin() -> None:
-    if _REGISTRY:
+    global _BUILTIN_LOADED
+    if _BUILTIN_LOADED:
         return
+    _BUILTIN_LOADED = True
     for path in sorted(_CONFIG_DIR.glob("*.json")):
-        add_model_config(path)
+        name = json.loads(path.read_text())["name"]
+        if name not in _REGISTRY:  # a user's add_model_config() of the same name wins
+            add_model_config(path)
 
 
 def add_model_config(source: str | Path | dict[str, Any]) -> str:

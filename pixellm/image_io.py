@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = str | Path | Image.Image | np.ndarray
 
 
 def _array_to_rgb(arr: np.ndarray, where: str) -> np.ndarray:

@@ -22,13 +22,17 @@ from .vision import VisionTower
 @dataclass
 class PixelLMOutput:
     """loss: scalar; parts: name -> detached scalar; text_logits (B, T, V);
-    mask_logits (K, h, w) at the decoder grid; batch_index (K,) image of each target."""
+    mask_logits (K, h, w) at the decoder grid; batch_index (K,) image of each target.
+    terms: the weighted "text" and "mask" parts of ``loss`` (with graph), and counts: the
+    "tokens" and "masks" they average over, so a multi-process loop can renormalise them."""
 
     loss: torch.Tensor | None
     parts: dict[str, torch.Tensor]
     text_logits: torch.Tensor
     mask_logits: torch.Tensor
     batch_index: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,10 +139,12 @@ class PixelLM(nn.Module):
         starts = [parse_blocks(row.tolist(), self.codebook_ids).starts for row in input_ids]
         block_hidden, batch_index = gather_blocks(hidden, starts, len(self.codebook_ids))
         mask_logits = self.decode_masks(feats, block_hidden, batch_index)  # (K, h, w)
-        loss, parts = None, {}
+        out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index)
         if labels is not None and gt_masks is not None:
-            loss, parts = self._loss(text_logits, labels, mask_logits, batch_index, gt_masks)
-        return PixelLMOutput(loss, parts, text_logits, mask_logits, batch_index)
+            out.terms, out.parts = self._loss(text_logits, labels, mask_logits, batch_index, gt_masks)
+            out.loss = out.terms["text"] + out.terms["mask"]
+            out.counts = {"tokens": int((labels[:, 1:] != -100).sum()), "masks": int(mask_logits.shape[0])}
+        return out
 
     def _loss(self, text_logits, labels, mask_logits, batch_index, gt_masks):
         ce = F.cross_entropy(text_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
@@ -152,9 +158,8 @@ class PixelLM(nn.Module):
         elif gt.shape[-2:] != logits.shape[-2:]:  # score at the padded input resolution
             logits = F.interpolate(logits[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         m = mask_losses(logits.float(), gt.float(), batch_index, **self.loss_cfg)
-        loss = self.ce_weight * ce + m["mask"]
         parts = {"ce": ce.detach(), **{k: v.detach() for k, v in m.items() if k != "mask"}}
-        return loss, parts
+        return {"text": self.ce_weight * ce, "mask": m["mask"]}, parts
 
     # -- inference -----------------------------------------------------------------------
     def generate(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -1,6 +1,8 @@
 """Shared fixtures: a word tokenizer and tiny PixelLM models built from scratch (CPU, seconds)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -51,3 +53,27 @@ def small_config():
 def tiny_model(tokenizer):
     torch.manual_seed(0)
     return build_model(_small_config(), tokenizer=tokenizer).eval()
+
+
+# A micro PixelLM (32 px images, 2-layer 64-wide LLM): real code paths, trains in seconds.
+MICRO_CONFIG = {
+    "name": "pixellm-micro-test",
+    "vision": {"model_name": "pixellm-micro-vit", "image_size": 32, "layers": [1, 0], "freeze": False,
+               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+               "open_clip_config": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
+                                                                    "head_width": 32, "patch_size": 8},
+                                    "text_cfg": {"context_length": 8, "vocab_size": 32, "width": 32, "heads": 1,
+                                                 "layers": 1}}},
+    "llm": {"config": {"model_type": "llama", "vocab_size": 64, "hidden_size": 64, "intermediate_size": 128,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+                       "max_position_embeddings": 192}, "max_length": 160, "lora": None},
+    "codebook": {"num_scales": 2, "tokens_per_scale": 3},
+    "decoder": {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "num_output_tokens": 1, "upscale": 4},
+    "image_pool": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def micro_config() -> dict:
+    """A fresh copy of the micro config dict (name "pixellm-micro-test")."""
+    return copy.deepcopy(MICRO_CONFIG)

@@ -15,21 +15,6 @@ from pixellm.benchmarks.bench import compare, main
 from pixellm.benchmarks.runs import VARIANTS, budget_note, variant_argv
 from pixellm.train.args import build_parser
 
-MICRO = {
-    "name": "pixellm-micro-bench",
-    "vision": {"model_name": "pixellm-micro-vit", "image_size": 32, "layers": [1, 0], "freeze": False,
-               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-               "open_clip_config": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
-                                                                    "head_width": 32, "patch_size": 8},
-                                    "text_cfg": {"context_length": 8, "vocab_size": 32, "width": 32, "heads": 1,
-                                                 "layers": 1}}},
-    "llm": {"config": {"model_type": "llama", "vocab_size": 64, "hidden_size": 64, "intermediate_size": 128,
-                       "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-                       "max_position_embeddings": 192}, "max_length": 160, "lora": None},
-    "codebook": {"num_scales": 2, "tokens_per_scale": 3},
-    "decoder": {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "num_output_tokens": 1, "upscale": 4},
-    "image_pool": 4,
-}
 SPLITS = ("val", "test_less", "test_many", "multi_ref")
 FAST = ["--limit", "3", "--max-new-tokens", "8", "--batch-size", "4", "--no-progress", "--threads", "1",
         "--examples", "2"]
@@ -67,7 +52,7 @@ def shapes(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, shapes):
+def checkpoint(tmp_path_factory, shapes, micro_config):
     """An untrained micro model with a tokenizer fitted to the fixture texts, plus a fake history."""
     from pixellm.build import build_model
     from pixellm.config import PixelLMConfig
@@ -76,7 +61,7 @@ def checkpoint(tmp_path_factory, shapes):
     texts = [t for split in ("train", *SPLITS) for s in load_split(shapes, split)
              for t in (s.question, s.answer)]
     torch.manual_seed(0)
-    model = build_model(PixelLMConfig.from_dict(MICRO).validate(),
+    model = build_model(PixelLMConfig.from_dict(micro_config).validate(),
                         tokenizer=train_word_tokenizer(texts + ["what holds soup ?", "red cup"]))
     run = tmp_path_factory.mktemp("run")
     model.save_pretrained(run / "final")
@@ -94,11 +79,11 @@ def shapes_report(tmp_path_factory, shapes, checkpoint):
 
 def test_writes_named_outputs_with_all_metrics(shapes_report):
     tag = "cpu_float32_torch" + torch.__version__.split("+")[0]
-    report = strict_json(shapes_report / f"bench_pixellm-micro-bench_{tag}.json")
+    report = strict_json(shapes_report / f"bench_pixellm-micro-test_{tag}.json")
     assert [r["name"] for r in report["sets"]] == [f"shapes-{s}" for s in SPLITS]
     assert report["meta"]["device"] == "cpu" and report["training"]["train_samples_per_s"] == 4.5
     for r in report["sets"]:
-        stem = shapes_report / f"bench_pixellm-micro-bench_{r['name']}_{tag}"
+        stem = shapes_report / f"bench_pixellm-micro-test_{r['name']}_{tag}"
         assert strict_json(stem.with_name(stem.name + ".json"))["name"] == r["name"]
         for png in ("_giou_by_k.png", "_examples.png"):
             assert Image.open(stem.with_name(stem.name + png)).size[0] >= 300
@@ -110,7 +95,7 @@ def test_writes_named_outputs_with_all_metrics(shapes_report):
         assert set(r["baselines"]) == {"every_object", "one_random", "oracle_count_random"}
         assert r["baselines"]["oracle_count_random"]["all"]["count_acc"] == 1.0
         assert r["comparison"]["beats_all_by_margin"] is False  # an untrained model
-    md = (shapes_report / f"bench_pixellm-micro-bench_{tag}.md").read_text()
+    md = (shapes_report / f"bench_pixellm-micro-test_{tag}.md").read_text()
     assert "does NOT beat all three trivial baselines" in md and "4.5 samples/s" in md
     assert "teacher-forced (LISA" in md and "gIoU by number of targets K" in md
 
@@ -282,4 +267,4 @@ def test_ablation_trains_benches_and_tabulates_the_variants(tmp_path, shapes, ch
             "fusion_mean": (True, 3, "mean")}[r["variant"]]
     assert "budget differs from the default run (2 steps)" in table["note"]
     assert "## Ablation" in (runs / "ablation.md").read_text()
-    assert list(out.glob("ablation_pixellm-micro-bench_shapes-val_cpu_*.md"))
+    assert list(out.glob("ablation_pixellm-micro-test_shapes-val_cpu_*.md"))

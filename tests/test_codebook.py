@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+
 from pixellm.codebook import (
     CodebookFusion,
     add_codebook_tokens,

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from pixellm.codebook import CodebookFusion
 from pixellm.decoder import PixelDecoder, mask_losses, postprocess_masks, scale_factors
 from pixellm.decoder.common import SinePositionEncoding

@@ -61,3 +61,11 @@ def test_real_weight_files_load_through_user_path(tmp_path, tokenizer):
     assert model.tokenizer is not None and len(model.tokenizer) == model.base_llm.config.vocab_size
     feats = model.vision(torch.randn(1, 3, 96, 96))
     assert feats[0].shape == (1, 128, 12, 12)
+
+
+def test_user_config_registered_first_keeps_builtins(micro_config, monkeypatch):
+    import pixellm.config as config
+    monkeypatch.setattr(config, "_REGISTRY", {})
+    monkeypatch.setattr(config, "_BUILTIN_LOADED", False)
+    add_model_config(micro_config)
+    assert {"pixellm-micro-test", "pixellm-tiny", "pixellm-7b"} <= set(list_models())

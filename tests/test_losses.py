@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from pixellm.decoder import dice_loss, mask_losses, refinement_weights, total_loss
 
 

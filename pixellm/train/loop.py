@@ -127,7 +127,7 @@ def train(args) -> dict:
     sampler = MixtureSampler(sizes=[len(s) for s in sources.values()],
                              rates=list(parse_mix(args.mix).values()), seed=args.seed,
                              start=pos, rank=rank, world=world,
-                             lengths=_approx_lengths(samples, model.config.block_len),
+                             lengths=_approx_lengths(samples, cfg.block_len),
                              bucket=args.batch_size * world * args.bucket_batches)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         collate_fn=partial(collate, pad_id=tok.pad_token_id))
@@ -161,7 +161,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
             batch = _to_device(next(it), accelerator.device)
             with accelerator.accumulate(model):
                 out = model(**batch)
-                loss = out.loss
+                loss = _global_mean_loss(accelerator, out)
                 if not torch.isfinite(loss).all():
                     raise TrainingDivergedError(
                         f"non-finite loss ({loss.item()}) at step {step + 1} "
@@ -189,6 +189,21 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
             save_checkpoint(accelerator, run_dir, step=step, sample_pos=step * global_batch, keep=args.keep)
     bar.close()
     return history
+
+
+def _global_mean_loss(accelerator, out) -> torch.Tensor:
+    """The loss whose DDP-averaged gradient equals one process's on the whole global batch.
+
+    Each process's text (mask) term is a mean over its own tokens (masks); reweighting it by
+    local count * world / global count turns the average of process means into the global mean.
+    """
+    world = accelerator.num_processes
+    if world == 1:
+        return out.loss
+    local = torch.tensor([out.counts["tokens"], out.counts["masks"]], device=accelerator.device, dtype=torch.float64)
+    total = accelerator.reduce(local.clone(), reduction="sum")
+    w = (local * world / total.clamp(min=1)).float()
+    return out.terms["text"] * w[0] + out.terms["mask"] * w[1]
 
 
 def _mean_over_processes(accelerator, parts: dict[str, float]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from .args import build_parser
 
 def _table(name: str, m: dict) -> str:
     a = m["all"]
-    rows = [f"| split | n | gIoU | cIoU | count acc | P@0.5 | R@0.5 |", "|---|---|---|---|---|---|---|",
+    rows = ["| split | n | gIoU | cIoU | count acc | P@0.5 | R@0.5 |", "|---|---|---|---|---|---|---|",
             f"| {name} | {m['n']} | {a['giou']:.3f} | {a['ciou']:.3f} | {a['count_acc']:.3f} | "
             f"{a['precision50']:.3f} | {a['recall50']:.3f} |"]
     return "\n".join(rows)
@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_secs = time.perf_counter() - t0
     if not args.eval_split or not acc.is_main_process:
         return 0
-    from ..predictor import PixelLMPredictor
     from ..evaluate import evaluate_generation
+    from ..predictor import PixelLMPredictor
     from .mixture import load_source
 
     samples = load_source("shapes", root=args.shapes_root, split=args.eval_split)
