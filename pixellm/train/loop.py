@@ -150,7 +150,7 @@ def _approx_lengths(samples, block_len: int) -> list[int]:
 
 def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir) -> list[dict]:
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or not accelerator.is_main_process,
-               desc="train", dynamic_ncols=True)
+               desc="train", dynamic_ncols=True, mininterval=2.0)
     history, t0, seen = [], time.perf_counter(), 0
     # Debug throttle (seconds per step) so a test can land a SIGKILL mid-run; 0 in normal use.
     throttle = float(os.environ.get("PIXELLM_TEST_STEP_SLEEP", "0"))
