@@ -5,14 +5,10 @@ at every step; here CLIP runs once and each step feeds one token.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .codebook import gather_blocks, parse_blocks
-
-if TYPE_CHECKING:
-    from .model import Generation, PixelLM
+from .model import Generation, PixelLM
 
 
 def _block_constraint(logits: torch.Tensor, prev: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -45,8 +41,6 @@ def greedy_generate(model: PixelLM, pixels: torch.Tensor, input_ids: torch.Tenso
     Returns:
         :class:`pixellm.model.Generation`.
     """
-    from .model import Generation
-
     feats, img_tok = model.encode_images(pixels)
     hidden, past = model.run_llm(model.embed(input_ids, img_tok), attention_mask, use_cache=True)
     head, embed = model.base_llm.lm_head, model.base_llm.get_input_embeddings()
@@ -71,10 +65,10 @@ def greedy_generate(model: PixelLM, pixels: torch.Tensor, input_ids: torch.Tenso
                                 past_key_values=past, use_cache=True)
         hid.append(h[:, 0])  # hidden state of the token just fed
         logits, prev, pos = head(h[:, 0]).float(), tok, pos + 1
-    return _collect(model, feats, toks, probs, hid, eos_id, Generation)
+    return _collect(model, feats, toks, probs, hid, eos_id)
 
 
-def _collect(model, feats, toks, probs, hid, eos_id, Generation):
+def _collect(model: PixelLM, feats, toks, probs, hid, eos_id: int) -> Generation:
     """Cut at EOS, parse blocks, gather their hidden states and decode all masks in one pass."""
     b = feats[0].shape[0]
     tok_mat = torch.stack(toks, 1) if toks else torch.zeros(b, 0, dtype=torch.long)
