@@ -1,7 +1,8 @@
 """Greedy decoding with a KV cache, one mask per complete codebook block.
 
 The published PixelLM code turned the KV cache off and re-ran the whole sequence (and CLIP)
-at every step; here CLIP runs once and each step feeds one token.
+at every step; here CLIP runs once, each step feeds one token, and a codebook block (whose
+tokens are determined once it starts) is fed in one step.
 """
 from __future__ import annotations
 
@@ -31,60 +32,91 @@ def _block_constraint(logits: torch.Tensor, prev: torch.Tensor, codebook: torch.
 @torch.no_grad()
 def greedy_generate(model: PixelLM, pixels: torch.Tensor, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor, *, max_new_tokens: int, eos_id: int, pad_id: int,
-                    constrain_blocks: bool = True) -> Generation:
+                    constrain_blocks: bool = True, chunk_blocks: bool = True) -> Generation:
     """Greedy decoding for a left-padded batch; CLIP and the prompt run once.
 
     Args:
         pixels: (B, 3, S, S). input_ids / attention_mask: (B, T) LEFT-padded prompts.
-        max_new_tokens: generation budget; a block cut by it is reported as malformed.
+        max_new_tokens: generation budget per row; a block cut by it is reported as malformed.
         constrain_blocks: once a block starts, force its remaining tokens in order.
+        chunk_blocks: with the constraint, a row that starts a block feeds all L*N block
+            tokens in ONE forward step (they are determined), instead of L*N steps; other rows
+            of that step feed their one token plus masked padding. Same tokens, fewer steps.
     Returns:
         :class:`pixellm.model.Generation`.
     """
     feats, img_tok = model.encode_images(pixels)
     hidden, past = model.run_llm(model.embed(input_ids, img_tok), attention_mask, use_cache=True)
     head, embed = model.base_llm.lm_head, model.base_llm.get_input_embeddings()
+    cb, b, dev = model._codebook, input_ids.shape[0], input_ids.device
     logits = head(hidden[:, -1]).float()  # (B, V)
-    b = input_ids.shape[0]
     pos = attention_mask.long().sum(1)  # next position of each row (B,)
     prev = input_ids[:, -1]
-    done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-    toks, probs, hid = [], [], []
-    for _ in range(max_new_tokens):
+    done = torch.full((b,), max_new_tokens <= 0, dtype=torch.bool, device=dev)
+    chunk = constrain_blocks and chunk_blocks
+    toks, probs, hid = [[] for _ in range(b)], [[] for _ in range(b)], [[] for _ in range(b)]
+    while not bool(done.all()):
         if constrain_blocks:
-            logits = _block_constraint(logits, prev, model._codebook)
+            logits = _block_constraint(logits, prev, cb)
         p = logits.softmax(-1)
         tok = torch.where(done, torch.full_like(prev, pad_id), p.argmax(-1))
-        toks.append(tok)
-        probs.append(p.gather(1, tok[:, None])[:, 0])
-        done |= tok == eos_id
-        if bool(done.all()):
-            break
-        attention_mask = torch.cat([attention_mask, (~done | (tok == eos_id)).long()[:, None]], 1)
-        h, past = model.run_llm(embed(tok)[:, None], attention_mask, position_ids=pos[:, None],
+        live = ~done  # rows that emit a token this step
+        for r in live.nonzero(as_tuple=True)[0].tolist():
+            toks[r].append(int(tok[r]))
+            probs[r].append(float(p[r, tok[r]]))
+        n = torch.tensor([len(t) for t in toks], device=dev)
+        block = live & (tok == cb[0]) & (n - 1 + len(cb) <= max_new_tokens) & chunk
+        done = done | (tok == eos_id) | (n >= max_new_tokens)
+        if bool((~live | (tok == eos_id)).all()):
+            break  # nothing left whose hidden state is needed
+        feed, mask = _step_inputs(tok, live, block, cb, pad_id)
+        for r in block.nonzero(as_tuple=True)[0].tolist():  # the forced rest of the block
+            toks[r].extend(cb[1:].tolist())
+            probs[r].extend([1.0] * (len(cb) - 1))
+        done = done | (block & (n - 1 + len(cb) >= max_new_tokens))
+        attention_mask = torch.cat([attention_mask, mask], 1)
+        steps = torch.arange(feed.shape[1], device=dev)
+        h, past = model.run_llm(embed(feed), attention_mask, position_ids=pos[:, None] + steps,
                                 past_key_values=past, use_cache=True)
-        hid.append(h[:, 0])  # hidden state of the token just fed
-        logits, prev, pos = head(h[:, 0]).float(), tok, pos + 1
+        fed = mask.sum(1)  # real tokens fed per row
+        for r in live.nonzero(as_tuple=True)[0].tolist():
+            hid[r].extend(h[r, : int(fed[r])])
+        last = (fed - 1).clamp(min=0)
+        logits = head(h[torch.arange(b, device=dev), last]).float()
+        pos, prev = pos + fed, torch.where(block, cb[-1], tok)
     return _collect(model, feats, toks, probs, hid, eos_id)
+
+
+def _step_inputs(tok: torch.Tensor, live: torch.Tensor, block: torch.Tensor, cb: torch.Tensor,
+                 pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids (B, W) and attention (B, W) to feed: a whole block for ``block`` rows, else 1 token."""
+    width = len(cb) if bool(block.any()) else 1
+    feed = torch.full((tok.shape[0], width), pad_id, dtype=torch.long, device=tok.device)
+    mask = torch.zeros_like(feed)
+    feed[:, 0], mask[:, 0] = tok, live.long()
+    if width > 1:
+        feed[block], mask[block] = cb, 1
+    return feed, mask
 
 
 def _collect(model: PixelLM, feats, toks, probs, hid, eos_id: int) -> Generation:
     """Cut at EOS, parse blocks, gather their hidden states and decode all masks in one pass."""
     b = feats[0].shape[0]
-    tok_mat = torch.stack(toks, 1) if toks else torch.zeros(b, 0, dtype=torch.long)
-    prob_mat = torch.stack(probs, 1) if probs else torch.zeros(b, 0)
     d = model.base_llm.config.hidden_size
-    h_mat = torch.stack(hid, 1) if hid else feats[0].new_zeros(b, 0, d)
-    if h_mat.shape[1] < tok_mat.shape[1]:  # the final (EOS) token was never fed
-        h_mat = torch.cat([h_mat, h_mat.new_zeros(b, tok_mat.shape[1] - h_mat.shape[1], d)], 1)
     tokens, token_probs, starts, malformed = [], [], [], []
-    for row, prow in zip(tok_mat.tolist(), prob_mat.tolist()):
+    for row, prow in zip(toks, probs):
         n = row.index(eos_id) if eos_id in row else len(row)
         tokens.append(row[:n])
         token_probs.append(prow[:n])
         parse = parse_blocks(row[:n], model.codebook_ids)
         starts.append(parse.starts)
         malformed.append(parse.malformed)
+    t = max([len(r) for r in tokens] + [1])
+    h_mat = feats[0].new_zeros(b, t, d)  # hidden state of each generated token (0 if never fed)
+    for r, hs in enumerate(hid):
+        k = min(len(hs), t)
+        if k:
+            h_mat[r, :k] = torch.stack(hs[:k]).to(h_mat.dtype)
     block_hidden, batch_index = gather_blocks(h_mat, starts, len(model.codebook_ids))
     logits = model.decode_masks(feats, block_hidden, batch_index)  # (K, h, w)
     per_image = [logits[batch_index == i] for i in range(b)]

@@ -43,15 +43,20 @@ def test_save_is_self_contained(saved):
 
 
 class ScriptedHead(torch.nn.Module):
-    """Replaces the LM head: emits a fixed token script, then EOS (step = calls so far)."""
+    """Replaces the LM head: emits ``script[n]`` where n counts the generated tokens fed so far
+    (a pre-hook on the input embedding counts them; the first call is the prompt), then EOS.
+    Works for one row whether tokens are fed one by one or a block at a time."""
 
-    def __init__(self, script, vocab, eos):
+    def __init__(self, script, vocab, eos, embedding):
         super().__init__()
-        self.script, self.vocab, self.eos, self.calls = script, vocab, eos, 0
+        self.script, self.vocab, self.eos, self.fed = script, vocab, eos, -1
+        embedding.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.fed = 0 if self.fed < 0 else self.fed + args[0].shape[-1]
 
     def forward(self, h):
-        tok = self.script[self.calls] if self.calls < len(self.script) else self.eos
-        self.calls += 1
+        tok = self.script[self.fed] if self.fed < len(self.script) else self.eos
         out = torch.full((*h.shape[:-1], self.vocab), -10.0)
         out[..., tok] = 10.0
         return out
@@ -68,7 +73,8 @@ def scripted(model, words_and_blocks, *, max_new_tokens=64, **kw):
             ids.extend(w)
         else:
             ids.extend(tok.convert_tokens_to_ids([w]))
-    model.base_llm.lm_head = ScriptedHead(ids, model.base_llm.lm_head.out_features, tok.eos_token_id)
+    base = model.base_llm
+    base.lm_head = ScriptedHead(ids, base.lm_head.out_features, tok.eos_token_id, base.get_input_embeddings())
     return PixelLMPredictor(model, max_new_tokens=max_new_tokens, **kw)
 
 
@@ -198,3 +204,35 @@ def test_cli_end_to_end(saved, tmp_path, image, capsys):
     overlay = Image.open(tmp_path / "out" / "overlay.png")
     assert overlay.mode == "RGB" and overlay.width >= 80
     assert predict_main([str(tmp_path / "none.png"), QUESTION, "--checkpoint", str(saved)]) == 2
+
+
+class RowHead(torch.nn.Module):
+    """Row 0 always wants to start a block; row 1 always says "red" (never a block)."""
+
+    def __init__(self, vocab, block_start, red):
+        super().__init__()
+        self.vocab, self.block_start, self.red = vocab, block_start, red
+
+    def forward(self, h):
+        out = torch.full((*h.shape[:-1], self.vocab), -10.0)
+        out[0, ..., self.block_start] = 10.0
+        out[1, ..., self.red] = 10.0
+        return out
+
+
+def test_block_chunked_decoding_equals_token_by_token(tiny_model):
+    from pixellm.data import left_pad
+    tok = tiny_model.tokenizer
+    base = tiny_model.base_llm
+    base.lm_head = RowHead(base.lm_head.out_features, tiny_model.codebook_ids[0], tok.convert_tokens_to_ids("red"))
+    fmt = PixelLMPredictor(tiny_model).formatter
+    ids, attn = left_pad([fmt.prompt_ids("which shapes are red?"), fmt.prompt_ids("red?")], pad_id=tok.pad_token_id)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    runs = [tiny_model.generate(pixels, ids, attn, max_new_tokens=20, eos_id=tok.eos_token_id,
+                                pad_id=tok.pad_token_id, chunk_blocks=c) for c in (True, False)]
+    chunked, stepwise = runs
+    assert chunked.tokens == stepwise.tokens
+    assert len(chunked.tokens[0]) == 20 and chunked.block_starts[0] == [0, 6, 12]
+    assert chunked.malformed[0] == stepwise.malformed[0] != []  # the 4th block is cut at 20 tokens
+    assert chunked.block_starts[1] == [] and chunked.tokens[1] == [tok.convert_tokens_to_ids("red")] * 20
+    assert torch.allclose(chunked.mask_logits[0], stepwise.mask_logits[0], atol=1e-4)
