@@ -104,6 +104,15 @@ class QueryBudget:
     def answer_tokens(self, k: int, block_len: int) -> int:
         return k * (self.phrase + block_len + self.separator) + 1
 
+    def decode_schedule(self, k: int, block_len: int) -> list[int]:
+        """Tokens fed per KV-cached decode step (EOS is never fed back).
+
+        A started codebook block is fed in one step (pixellm.generation feeds its forced
+        tokens together), so each target costs phrase + 1 + separator steps; sums to T - 1.
+        """
+        per_target = [1] * self.phrase + [block_len] + [1] * self.separator
+        return per_target * k
+
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
@@ -209,19 +218,30 @@ def median_ms(fn: Callable[[], object], *, repeats: int, warmup: int,
     return statistics.median(times) * 1e3
 
 
-def decode_ms(lm: nn.Module, embeds: Tensor, steps: int, *, repeats: int, warmup: int,
+def decode_chunk(lm: nn.Module, past: DynamicCache, tokens: Tensor, position: int) -> Tensor:
+    """Feed tokens (1, w) at positions ``position..position+w-1`` -> logits (1, V) of the last."""
+    pos = torch.arange(position, position + tokens.shape[1], device=tokens.device)[None]
+    out = lm.model(inputs_embeds=lm.get_input_embeddings()(tokens), position_ids=pos,
+                   use_cache=True, past_key_values=past)
+    return lm.lm_head(out.last_hidden_state[:, -1])
+
+
+def decode_ms(lm: nn.Module, embeds: Tensor, schedule: list[int], *, repeats: int, warmup: int,
               sync: Callable[[], None]) -> float:
-    """Median ms of ``steps`` greedy KV-cached decode steps, each after an untimed prefill.
+    """Median ms of greedy KV-cached decoding, each run after an untimed prefill.
 
     Args:
-        lm: transformers causal LM. embeds: (1, T, D) prompt embeddings. steps: fed tokens.
+        lm: transformers causal LM. embeds: (1, T, D) prompt embeddings.
+        schedule: tokens fed per step (1 for ordinary tokens, L*N for a codebook block).
     """
     def run() -> float:
         _, logits, past = prefill(lm, embeds)
         sync()
-        start = time.perf_counter()
-        for i in range(steps):
-            _, logits = decode_step(lm, past, logits.argmax(-1), embeds.shape[1] + i)
+        start, position = time.perf_counter(), embeds.shape[1]
+        for width in schedule:
+            tokens = logits.argmax(-1)[:, None].expand(1, width)
+            logits = decode_chunk(lm, past, tokens, position)
+            position += width
         sync()
         return time.perf_counter() - start
 
@@ -235,7 +255,7 @@ def time_query(pipe: Pipeline, budget: QueryBudget, k: int, *, device: torch.dev
     """Median wall time per component of one query with K targets (random inputs).
 
     Returns:
-        ``ms`` {component: ms}, ``total_ms`` and ``decode_ms_per_token`` (over T - 1 steps).
+        ``ms`` {component: ms}, ``total_ms`` and ``decode_ms_per_token`` (over the T - 1 fed tokens).
     """
     sync, lm = synchronizer(device), pipe.causal_lm
     dtype = next(lm.parameters()).dtype
@@ -246,7 +266,7 @@ def time_query(pipe: Pipeline, budget: QueryBudget, k: int, *, device: torch.dev
     embeds = prompt_embeds(lm, image_tokens, budget)
     ms["llm_prefill"] = median_ms(lambda: prefill(lm, embeds), **timed)
     steps = budget.answer_tokens(k, pipe.block_len) - 1
-    ms["llm_decode"] = decode_ms(lm, embeds, steps, **timed)
+    ms["llm_decode"] = decode_ms(lm, embeds, budget.decode_schedule(k, pipe.block_len), **timed)
     hidden = torch.randn(k, pipe.block_len, lm.config.hidden_size, device=device, dtype=dtype)
     targets = pipe.project_targets(hidden)
     ms["target_proj"] = median_ms(lambda: pipe.project_targets(hidden), **timed)

@@ -203,7 +203,8 @@ def _budget_note(report: dict) -> str:
             f"{b['template_before']} + image tokens + {b['question']} question + "
             f"{b['template_after']} template tokens. Answer T = K x ({b['phrase']} phrase + block "
             f"+ {b['separator']} separator) + EOS; block = the L x N codebook tokens (PixelLM) or "
-            "one [SEG] (LISA); T - 1 KV-cached decode steps. Values in TFLOPs.")
+            "one [SEG] (LISA); T - 1 tokens are fed back with a KV cache (for latency, a codebook "
+            "block is fed in one step, as pixellm.generation does). Values in TFLOPs.")
 
 
 def to_markdown(report: dict) -> str:

@@ -76,6 +76,9 @@ def test_answer_budget():
     assert budget.prompt_tokens(256) == 286
     assert [budget.answer_tokens(k, 6) for k in (1, 3, 10)] == [10, 28, 91]  # PixelLM blocks
     assert [budget.answer_tokens(k, 1) for k in (1, 3, 10)] == [5, 13, 41]  # LISA [SEG]
+    # latency: a PixelLM block is one decode step of 6 tokens; every fed token is counted once
+    assert budget.decode_schedule(3, 6) == [1, 1, 6, 1] * 3 and sum(budget.decode_schedule(10, 6)) == 90
+    assert len(budget.decode_schedule(3, 1)) == 12
     assert affine_sum(10, 3, 4) == 10 + 13 + 16 + 19
 
 
