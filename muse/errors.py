@@ -77,3 +77,18 @@ class SkipReport:
         """Emit the report as a ``UserWarning`` when anything was skipped."""
         if self.skipped:
             warnings.warn(self.report(), UserWarning, stacklevel=3)
+
+
+class LenientReader:
+    """Mixin for readers that keep a :class:`SkipReport` in ``self._skips``."""
+
+    _skips: SkipReport
+
+    @property
+    def skipped(self) -> Counter:
+        """``collections.Counter`` reason -> number of skipped records/questions."""
+        return self._skips.skipped
+
+    def report(self) -> str:
+        """Human-readable account of what lenient loading skipped."""
+        return self._skips.report()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
 from . import masks as masklib
-from .errors import DatasetFormatError, SkipReport
+from .errors import DatasetFormatError, LenientReader, SkipReport
 from .records import SEG, Sample, template_answer
 
 _RECORD_FIELDS = ("height", "width", "ann_list", "questions", "answers")
@@ -37,7 +36,7 @@ class _Record:
     questions: tuple[tuple[int, _Question], ...]  # (question index in the file, question)
 
 
-class MuseDataset(Sequence[Sample]):
+class MuseDataset(LenientReader, Sequence[Sample]):
     """A lazy sequence of :class:`Sample`, one per (image, question) of a MUSE JSON file.
 
     Every record is validated when the file is loaded (cheap checks, no mask decoding);
@@ -66,15 +65,6 @@ class MuseDataset(Sequence[Sample]):
         for i, raw in enumerate(_load_list(self.json_path)):
             self._add(i, raw)
         self._skips.warn()
-
-    @property
-    def skipped(self) -> Counter:
-        """``collections.Counter`` reason -> number of skipped records/questions."""
-        return self._skips.skipped
-
-    def report(self) -> str:
-        """Human-readable account of what lenient loading skipped."""
-        return self._skips.report()
 
     @property
     def num_images(self) -> int:

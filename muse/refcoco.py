@@ -8,13 +8,12 @@ import io
 import itertools
 import pathlib
 import pickle
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import masks as masklib
-from .errors import DatasetFormatError, SkipReport
+from .errors import DatasetFormatError, LenientReader, SkipReport
 from .records import Sample, multi_question, template_answer
 
 
@@ -43,7 +42,7 @@ class Ref:
     segmentation: Any
 
 
-class RefCocoDataset(Sequence[Sample]):
+class RefCocoDataset(LenientReader, Sequence[Sample]):
     """Single-target referring samples, one per expression of the refs of a split.
 
     Reads ``root/<dataset>/refs(<split_by>).p`` and ``root/<dataset>/instances.json``
@@ -77,15 +76,6 @@ class RefCocoDataset(Sequence[Sample]):
                 self._add(i, raw)
         self._index = [(r, s) for r, ref in enumerate(self.refs) for s in range(len(ref.sentences))]
         self._skips.warn()
-
-    @property
-    def skipped(self) -> Counter:
-        """``collections.Counter`` reason -> number of skipped refs."""
-        return self._skips.skipped
-
-    def report(self) -> str:
-        """Human-readable account of what lenient loading skipped."""
-        return self._skips.report()
 
     def __len__(self) -> int:
         return len(self._index)

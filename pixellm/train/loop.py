@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
 from ..build import build_model
@@ -25,25 +25,6 @@ from .trainable import select_trainable
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN/inf; the run stops instead of continuing silently."""
-
-
-class _Concat:
-    """Flat view over several sample sequences."""
-
-    def __init__(self, parts):
-        self.parts = parts
-        self.bounds = [0]
-        for p in parts:
-            self.bounds.append(self.bounds[-1] + len(p))
-
-    def __len__(self):
-        return self.bounds[-1]
-
-    def __getitem__(self, i):
-        for k, p in enumerate(self.parts):
-            if i < self.bounds[k + 1]:
-                return p[i - self.bounds[k]]
-        raise IndexError(i)
 
 
 def model_config(args) -> PixelLMConfig:
@@ -108,7 +89,7 @@ def train(args) -> dict:
                           num_image_tokens=model.num_image_tokens,
                           block="".join(tok.convert_ids_to_tokens(model.codebook_ids)),
                           max_length=cfg.llm.max_length)
-    samples = _Concat(list(sources.values()))
+    samples = ConcatDataset(list(sources.values()))
     dataset = SegmentationDataset(samples, formatter=fmt, image_size=cfg.vision.image_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from ..errors import InputError
 
@@ -62,22 +61,6 @@ def load_source(name: str, *, root: str | None, split: str = "train", strict: bo
         raise InputError(f"data source {name!r}: {r / 'refcoco'} not found; expected layout: {LAYOUTS[name]}")
     ds = RefCocoDataset(r, dataset="refcoco", split_by="unc", split=split, strict=strict)
     return multi_referring(ds) if name == "multiref" else ds
-
-
-class MixtureDataset(Dataset):
-    """Concatenation of sources; :class:`MixtureSampler` draws from them by rate."""
-
-    def __init__(self, sources: dict[str, Sequence], base: Dataset) -> None:
-        self.names = list(sources)
-        self.sizes = [len(sources[n]) for n in self.names]
-        self.offsets = np.cumsum([0, *self.sizes])
-        self.base = base  # encodes a flat index into an example
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, i: int):
-        return self.base[i]
 
 
 class MixtureSampler(Sampler[int]):
@@ -135,8 +118,3 @@ class MixtureSampler(Sampler[int]):
     def __len__(self) -> int:  # effectively infinite; DataLoader only needs a number
         return 2**31
 
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: numpy/torch seeds derived from torch's per-worker seed."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
