@@ -6,6 +6,7 @@ replaced by the codebook block string.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -69,6 +70,37 @@ class PromptFormatter:
         ans = self.answer_ids(answer)
         prompt = self.prompt_ids(question, reserve=len(ans))
         return prompt + ans, [-100] * len(prompt) + ans
+
+    def followup_ids(self, question: str) -> list[int]:
+        """A later turn's prompt: the template without the image (and without BOS).
+
+        Raises:
+            InputError: empty question.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise InputError(f"the question is empty: {question!r}")
+        return self._ids(self.template.format(image="", question=question.strip()).strip())
+
+    def conversation(self, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of a multi-turn conversation about one image (LLaVA-style).
+
+        The first turn is :meth:`training_pair`; each later turn appends :meth:`followup_ids`
+        and its answer. Labels are -100 on every prompt; the codebook blocks of all turns
+        appear in turn order, so their masks are the turns' masks concatenated.
+
+        Raises:
+            InputError: no turn, an empty question, or more than ``max_length`` tokens in all.
+        """
+        if not turns:
+            raise InputError("a conversation needs at least one (question, answer) turn")
+        ids, labels = self.training_pair(*turns[0])
+        for question, answer in turns[1:]:
+            prompt, ans = self.followup_ids(question), self.answer_ids(answer)
+            ids, labels = ids + prompt + ans, labels + [-100] * len(prompt) + ans
+        if len(ids) > self.max_length:
+            raise InputError(f"the conversation has {len(ids)} tokens, more than the context "
+                             f"of {self.max_length} ({len(turns)} turns)")
+        return ids, labels
 
     def clean(self, ids: list[int]) -> str:
         """Decode ids to readable text (special tokens dropped, no space before punctuation)."""

@@ -160,7 +160,7 @@ def test_bad_inputs(tiny_model, tmp_path, image):
         pred.predict(np.zeros((0, 10, 3), np.uint8), QUESTION)
     with pytest.raises(InputError, match="question is empty"):
         pred.predict(image, "   ")
-    with pytest.raises(InputError, match=r"too long: \d+ tokens, but at most \d+ fit \(context 192 tokens"):
+    with pytest.raises(InputError, match=r"too long: \d+ tokens, but at most \d+ fit \(context " + str(pred.formatter.max_length) + " tokens"):
         pred.predict(image, "red " * 400)
     with pytest.raises(InputError, match="batch item 1: the question is empty"):
         pred.predict_batch([image, image], [QUESTION, ""])

@@ -16,9 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refcoco-root", default=None, help=f"refCOCO root (or ${ENV_REFCOCO})")
     p.add_argument("--multiref-root", default=None, help=f"refCOCO root for multi-referring (or ${ENV_REFCOCO})")
     p.add_argument("--lenient-data", action="store_true", help="skip malformed records (counted and reported)")
-    p.add_argument("--steps", type=int, default=1700, help="optimizer steps (default: ~13 min on 2 CPU cores)")
-    p.add_argument("--batch-size", type=int, default=16, help="micro-batch per process")
+    p.add_argument("--steps", type=int, default=1900, help="optimizer steps (default: ~13 min on 2 CPU cores)")
+    p.add_argument("--batch-size", type=int, default=8, help="micro-batch per process (sequences; each holds up to --turns questions)")
     p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--turns", type=int, default=3,
+                   help="pack up to N questions of one image into one multi-turn sequence (1: one question per sequence)")
     p.add_argument("--bucket-batches", type=int, default=8,
                    help="sort each run of N global batches by length to cut padding (1: off)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -42,4 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="disable the target-refinement loss")
     p.add_argument("--tokens-per-scale", type=int, default=None, help="override codebook N")
     p.add_argument("--fusion", choices=["linear", "mean"], default=None, help="override codebook fusion")
+    p.add_argument("--block-ce", choices=["first", "all"], default=None,
+                   help="override which codebook tokens the text CE scores (see LossConfig.block_ce)")
     return p

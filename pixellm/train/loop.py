@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..build import build_model
 from ..config import PixelLMConfig, add_model_config, get_model_config
-from ..data import SegmentationDataset, collate
+from ..data import ConversationDataset, collate, pack_turns
 from ..llm import load_tokenizer, train_word_tokenizer
 from ..prompting import PromptFormatter
 from .checkpointing import list_checkpoints, read_state, save_checkpoint
@@ -31,8 +31,10 @@ def model_config(args) -> PixelLMConfig:
     """The config named by --model (or a JSON path) with the ablation overrides applied."""
     name = add_model_config(args.model) if args.model.endswith(".json") else args.model
     over = {}
-    if args.no_refine:
-        over["loss"] = {"refine": False}
+    loss = {**({"refine": False} if args.no_refine else {}),
+            **({"block_ce": args.block_ce} if args.block_ce else {})}
+    if loss:
+        over["loss"] = loss
     cb = {}
     if args.tokens_per_scale:
         cb["tokens_per_scale"] = args.tokens_per_scale
@@ -90,8 +92,10 @@ def train(args) -> dict:
                           block="".join(tok.convert_ids_to_tokens(model.codebook_ids)),
                           max_length=cfg.llm.max_length)
     samples = ConcatDataset(list(sources.values()))
-    dataset = SegmentationDataset(samples, formatter=fmt, image_size=cfg.vision.image_size,
+    groups, sizes = _conversations(sources, fmt, turns=args.turns, seed=args.seed)
+    dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=cfg.vision.image_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
+    accelerator.print(f"{len(samples)} questions in {len(groups)} conversations (up to {args.turns} turns)")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(
@@ -105,10 +109,10 @@ def train(args) -> dict:
         accelerator.print(f"resumed from {ckpts[-1]} at step {step}")
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = args.batch_size * world * args.grad_accum
-    sampler = MixtureSampler(sizes=[len(s) for s in sources.values()],
-                             rates=list(parse_mix(args.mix).values()), seed=args.seed,
+    lengths = _approx_lengths(samples, cfg.block_len)
+    sampler = MixtureSampler(sizes=sizes, rates=list(parse_mix(args.mix).values()), seed=args.seed,
                              start=pos, rank=rank, world=world,
-                             lengths=_approx_lengths(samples, cfg.block_len),
+                             lengths=[sum(lengths[i] for i in g) for g in groups],
                              bucket=args.batch_size * world * args.bucket_batches)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         collate_fn=partial(collate, pad_id=tok.pad_token_id))
@@ -121,6 +125,20 @@ def train(args) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and (multi-process) the process group
     return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator}
+
+
+def _conversations(sources: dict, fmt: PromptFormatter, *, turns: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Pack each source's questions into conversations (see :func:`pixellm.data.pack_turns`).
+
+    Returns the conversations as indices into the concatenation of the sources (in order) and
+    the number of conversations per source (the sampler's source sizes)."""
+    groups, sizes, offset = [], [], 0
+    for src in sources.values():
+        g = pack_turns(src, formatter=fmt, turns=turns, seed=seed)
+        groups += [[offset + i for i in conv] for conv in g]
+        sizes.append(len(g))
+        offset += len(src)
+    return groups, sizes
 
 
 def _approx_lengths(samples, block_len: int) -> list[int]:

@@ -1,0 +1,90 @@
+"""Multi-turn training sequences: formatter, packing by image, dataset items, model loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixellm.data import ConversationDataset, SegmentationDataset, collate, pack_turns
+from pixellm.errors import InputError
+from pixellm.muse import GenConfig, generate_dataset, load_split
+from pixellm.predictor import PixelLMPredictor
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv_shapes")
+    generate_dataset(GenConfig(seed=5, train=10, val=2, test=2, image_size=64), out, workers=1)
+    return out
+
+
+@pytest.fixture
+def fmt(tiny_model):
+    return PixelLMPredictor(tiny_model).formatter
+
+
+def test_one_turn_is_the_training_pair(fmt):
+    q, a = "which shapes are red?", "red circle {seg} and red star {seg}."
+    assert fmt.conversation([(q, a)]) == fmt.training_pair(q, a)
+
+
+def test_later_turns_append_prompt_without_image_and_label_only_answers(fmt, tiny_model):
+    turns = [("which shapes are red?", "red circle {seg}."), ("find all the stars.", "no shape matches."),
+             ("what are the two largest shapes?", "blue square {seg} and green star {seg}.")]
+    ids, labels = fmt.conversation(turns)
+    first, first_labels = fmt.training_pair(*turns[0])
+    assert ids[:len(first)] == first and labels[:len(first)] == first_labels
+    rest = ids[len(first):]
+    p2, a2 = fmt.followup_ids(turns[1][0]), fmt.answer_ids(turns[1][1])
+    assert rest[:len(p2) + len(a2)] == p2 + a2
+    assert ids.count(tiny_model.image_token_id) == tiny_model.num_image_tokens  # image only once
+    assert fmt.tokenizer.bos_token_id not in rest
+    supervised = [t for t, lab in zip(ids, labels) if lab != -100]
+    assert supervised == fmt.answer_ids(turns[0][1]) + a2 + fmt.answer_ids(turns[2][1])
+    assert ids.count(tiny_model.codebook_ids[0]) == 3  # one block per target, over all turns
+
+
+def test_conversation_errors_name_the_problem(fmt):
+    with pytest.raises(InputError, match="at least one"):
+        fmt.conversation([])
+    with pytest.raises(InputError, match="empty"):
+        fmt.conversation([("which shapes are red?", "no shape matches."), ("  ", "no shape matches.")])
+    long_answer = " and ".join(["red circle {seg}"] * 12) + "."
+    with pytest.raises(InputError, match=f"more than the context of {fmt.max_length}"):
+        fmt.conversation([("which shapes are red?", long_answer)] * 3)
+
+
+def test_pack_turns_covers_every_sample_once_per_image_within_limits(shapes, fmt):
+    samples = load_split(shapes, "train")
+    longest = max(len(fmt.training_pair(s.question, s.answer)[0]) for s in samples)
+    fmt.max_length = longest + 8  # tight: every question fits, but not every pair of them
+    groups = pack_turns(samples, formatter=fmt, turns=2, seed=0)
+    flat = sorted(i for g in groups for i in g)
+    assert flat == list(range(len(samples)))
+    for g in groups:
+        assert 1 <= len(g) <= 2
+        assert len({(samples[i].source, samples[i].image_id) for i in g}) == 1
+        assert len(fmt.conversation([(samples[i].question, samples[i].answer) for i in g])[0]) <= fmt.max_length
+    assert any(len(g) == 2 for g in groups)
+    assert len(groups) > len({samples[i].image_id for i in range(len(samples))})  # budget split some
+    assert pack_turns(samples, formatter=fmt, turns=2, seed=0) == groups
+    assert pack_turns(samples, formatter=fmt, turns=1, seed=0) == [[i] for i in range(len(samples))]
+    with pytest.raises(ValueError, match="turns"):
+        pack_turns(samples, formatter=fmt, turns=0)
+
+
+def test_conversation_item_masks_follow_blocks_and_model_trains_on_it(shapes, fmt, tiny_model):
+    samples = load_split(shapes, "train")
+    groups = [g for g in pack_turns(samples, formatter=fmt, turns=3, seed=1) if len(g) == 3][:2]
+    assert groups, "fixture images have 3 questions each"
+    kw = dict(formatter=fmt, image_size=64, mean=[0.5] * 3, std=[0.25] * 3)
+    conv = ConversationDataset(samples, groups=groups, **kw)
+    single = SegmentationDataset(samples, **kw)
+    item = conv[0]
+    parts = [single[i] for i in groups[0]]
+    assert torch.equal(item.pixels, parts[0].pixels)
+    assert torch.equal(item.masks, torch.cat([p.masks for p in parts]))
+    assert int((item.input_ids == tiny_model.codebook_ids[0]).sum()) == item.masks.shape[0]
+    batch = collate([conv[0], conv[1]], pad_id=fmt.tokenizer.pad_token_id)
+    out = tiny_model(**batch)
+    assert out.counts["masks"] == sum(m.shape[0] for m in batch["gt_masks"])
+    assert torch.isfinite(out.loss)
