@@ -20,7 +20,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "fusion_mean": ("--fusion", "mean"),
 }
 DESCRIPTIONS = {
-    "default": "default (refinement loss, N = 3, learned fusion)",
+    "default": "default (refinement loss, N = 3, learned fusion, 3-turn sequences)",
     "no_refine": "without the target-refinement loss",
     "n1": "N = 1 codebook token per scale (instead of 3)",
     "fusion_mean": "token fusion replaced by a mean",

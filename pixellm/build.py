@@ -92,7 +92,7 @@ def build_model(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBa
                              upscale=dec.upscale),
         image_token_id=image_id, codebook_ids=codebook_ids, ce_weight=loss.ce_weight,
         bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, refine=loss.refine,
-        refine_alpha=loss.refine_alpha,
+        refine_alpha=loss.refine_alpha, block_ce=loss.block_ce,
     )
     if dtype is not None:
         model.to(dtype)

@@ -74,6 +74,9 @@ class LossConfig:
     dice_weight: float = 0.5
     refine: bool = True  # target-refinement loss (PixelLM); off for the ablation
     refine_alpha: float = 2.0
+    # "all": text CE on every codebook token (PixelLM; needed for unconstrained generation).
+    # "first": only on a block's first token, since generation forces the rest by default.
+    block_ce: str = "all"
 
 
 @dataclass

@@ -63,13 +63,20 @@ class PixelLM(nn.Module):
         decoder: pixel decoder. image_token_id: placeholder id replaced by image tokens.
         codebook_ids: the L*N codebook token ids in block order.
         ce_weight, bce_weight, dice_weight, refine, refine_alpha: loss settings.
+        block_ce: "all" scores the text CE on every codebook token (PixelLM); "first" only on
+            a block's first token, since generation forces the rest (the remaining positions'
+            hidden states then serve the masks alone).
     """
 
     def __init__(self, *, vision: VisionTower, projector: ImageProjector, llm: nn.Module,
                  fusion: CodebookFusion, decoder: PixelDecoder, image_token_id: int,
                  codebook_ids: list[int], ce_weight: float = 1.0, bce_weight: float = 2.0,
-                 dice_weight: float = 0.5, refine: bool = True, refine_alpha: float = 2.0) -> None:
+                 dice_weight: float = 0.5, refine: bool = True, refine_alpha: float = 2.0,
+                 block_ce: str = "all") -> None:
         super().__init__()
+        if block_ce not in ("first", "all"):
+            raise ValueError(f"block_ce must be 'first' or 'all', got {block_ce!r}")
+        self.block_ce = block_ce
         self.vision, self.projector, self.llm = vision, projector, llm
         self.fusion, self.decoder = fusion, decoder
         self.image_token_id = image_token_id
@@ -141,6 +148,8 @@ class PixelLM(nn.Module):
         mask_logits = self.decode_masks(feats, block_hidden, batch_index)  # (K, h, w)
         out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index)
         if labels is not None and gt_masks is not None:
+            if self.block_ce == "first":  # the forced rest of each block is not scored
+                labels = labels.masked_fill(torch.isin(input_ids, self._codebook[1:]), -100)
             out.terms, out.parts = self._loss(text_logits, labels, mask_logits, batch_index, gt_masks)
             out.loss = out.terms["text"] + out.terms["mask"]
             out.counts = {"tokens": int((labels[:, 1:] != -100).sum()), "masks": int(mask_logits.shape[0])}

@@ -63,7 +63,9 @@ class PixelLMPredictor:
         model: a built model with ``.config`` and ``.tokenizer``.
         max_new_tokens: generation budget; None uses what the context leaves after the prompt.
         constrain_blocks: once the LLM starts a codebook block, force its remaining tokens
-            (blocks can then only be cut by the token budget).
+            (blocks can then only be cut by the token budget). A model trained with
+            ``loss.block_ce == "first"`` (the default) never learned to write the rest of a
+            block itself, so turning this off is only meaningful for ``block_ce == "all"``.
     """
 
     def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None,

@@ -106,3 +106,24 @@ def test_meta_build_real_scale(name, llm_params, total_range):
     assert [tuple(f.shape) for f in feats] == [(1, 1024, 32, 32)] * 2
     assert model.num_image_tokens == 256
     assert llm > 0
+
+
+def test_block_ce_first_scores_only_the_block_opening_token(tiny_model):
+    batch = make_batch(tiny_model, ANSWERS)
+    k, block = 4, len(tiny_model.codebook_ids)
+    assert tiny_model.block_ce == "all"  # the default (PixelLM)
+    every = tiny_model(**batch)
+    tiny_model.block_ce = "first"
+    first = tiny_model(**batch)
+    assert every.counts["tokens"] - first.counts["tokens"] == k * (block - 1)
+    # same mask loss, different text loss: exactly the CE with forced block tokens ignored
+    assert torch.allclose(first.terms["mask"], every.terms["mask"])
+    labels = batch["labels"].masked_fill(torch.isin(batch["input_ids"], torch.tensor(tiny_model.codebook_ids[1:])), -100)
+    logits = every.text_logits[:, :-1].flatten(0, 1)
+    want = torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+    assert torch.allclose(first.parts["ce"], want, atol=1e-6)
+    assert not torch.allclose(first.parts["ce"], every.parts["ce"])
+    with pytest.raises(ValueError, match="block_ce"):
+        type(tiny_model)(vision=tiny_model.vision, projector=tiny_model.projector, llm=tiny_model.llm,
+                         fusion=tiny_model.fusion, decoder=tiny_model.decoder, image_token_id=1,
+                         codebook_ids=tiny_model.codebook_ids, block_ce="some")
