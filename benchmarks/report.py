@@ -102,8 +102,10 @@ def _by_k_table(r: dict) -> list[str]:
 
 def _set_section(r: dict, files: dict[str, str]) -> list[str]:
     gen, tf = r["generation"], r["teacher_forced"]
+    named = gen.get("target_phrase_acc")
     lines = [f"## {r['name']}", "", f"{r['n']} questions; generation {_f(gen['queries_per_s'], 1)} "
-             f"queries/s.", "", *_metric_table(r, "all"), "", *_by_k_table(r), ""]
+             f"queries/s" + (f"; {_f(named)} of the answers name exactly the true targets" if named is not None
+                             else "") + ".", "", *_metric_table(r, "all"), "", *_by_k_table(r), ""]
     notes = []
     if gen["n_failed"]:
         notes.append(f"{gen['n_failed']} question(s) rejected by the predictor, scored as empty "
@@ -143,7 +145,9 @@ def ablation_markdown(ab: dict) -> list[str]:
 def _throughput(report: dict) -> list[str]:
     t, meta = report["training"], report["meta"]
     train = ("training: no history.json / eval.json next to the checkpoint" if not t else
-             f"training: {_f(t['train_samples_per_s'], 1)} samples/s over {t['steps']} steps"
+             f"training: {_f(t['train_samples_per_s'], 1)} samples/s"
+             + (f" ({_f(t['train_questions_per_s'], 1)} questions/s)" if t.get("train_questions_per_s") else "")
+             + f" over {t['steps']} steps"
              + (f" ({t['train_seconds'] / 60:.1f} min)" if t.get("train_seconds") else "")
              + f" (from {', '.join(Path(s).name for s in t['source'])})")
     rows = [[r["name"], _f(r["generation"]["queries_per_s"], 1),

@@ -31,16 +31,19 @@ def training_stats(run_dir: str | Path) -> dict | None:
     """Throughput of the run that wrote ``run_dir`` (``history.json``, ``eval.json``).
 
     Returns:
-        {"train_samples_per_s", "steps", "train_seconds" (None without eval.json), "source"},
+        {"train_samples_per_s" (sequences), "train_questions_per_s", "steps", "train_seconds"
+        (None without eval.json), "source"},
         or None when the run left neither file.
     """
     run_dir = Path(run_dir)
     hist_path, eval_path = run_dir / "history.json", run_dir / "eval.json"
-    stats: dict = {"train_samples_per_s": None, "steps": None, "train_seconds": None, "source": []}
+    stats: dict = {"train_samples_per_s": None, "train_questions_per_s": None, "steps": None,
+                   "train_seconds": None, "source": []}
     if hist_path.is_file():
         hist = json.loads(hist_path.read_text())
         if hist:
-            stats.update(train_samples_per_s=hist[-1].get("samples_per_s"), steps=len(hist))
+            stats.update(train_samples_per_s=hist[-1].get("samples_per_s"),
+                         train_questions_per_s=hist[-1].get("questions_per_s"), steps=len(hist))
         stats["source"].append(str(hist_path))
     if eval_path.is_file():
         ev = json.loads(eval_path.read_text())

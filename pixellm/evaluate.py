@@ -59,6 +59,15 @@ def _pred_masks(p: Prediction, h: int, w: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.mask for t in p.targets]))
 
 
+def same_targets(predicted: Sequence[str], truth: Sequence[str]) -> bool:
+    """Whether the answer names exactly the true targets: equal phrase multisets, compared
+    case- and whitespace-insensitively, in any order (``[] == []`` for zero-target questions)."""
+    def norm(phrases):
+        return sorted(" ".join(p.lower().split()) for p in phrases)
+
+    return norm(predicted) == norm(truth)
+
+
 def _predict(predictor: PixelLMPredictor, batch: list, failures: list[str]) -> list[Prediction]:
     """Predict a batch; on a bad input retry one by one so only the bad question fails.
 
@@ -94,22 +103,24 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
         {"all": metrics, "zero_target": metrics on 0-target questions or None,
          "queries_per_s": float, "n": int, "n_failed": questions whose input was rejected
          (scored as empty predictions), "failures": their first messages, "n_malformed":
-         answers with a dropped broken block, "examples": [(sample, Prediction), ...]}.
+         answers with a dropped broken block, "target_phrase_acc": fraction of answers naming
+         exactly the true targets (:func:`same_targets`), "examples": [(sample, Prediction), ...]}.
     """
     n = _count(samples, limit)
-    scores, examples, failures, malformed = SplitScores(), [], [], 0
+    scores, examples, failures, malformed, named = SplitScores(), [], [], 0, 0
     t0 = time.perf_counter()
     for idx in _batches(n, batch_size, progress, "eval"):
         batch = [samples[i] for i in idx]
         for s, p in zip(batch, _predict(predictor, batch, failures), strict=True):
             scores.update(_pred_masks(p, s.height, s.width), torch.from_numpy(s.masks()))
             malformed += bool(p.malformed)
+            named += same_targets([t.phrase for t in p.targets], s.phrases)
             if len(examples) < keep_predictions:
                 examples.append((s, p))
     secs = time.perf_counter() - t0
     return {**scores.compute(), "queries_per_s": n / secs if secs else float("nan"), "n": n,
             "n_failed": len(failures), "failures": failures[:10], "n_malformed": malformed,
-            "examples": examples}
+            "target_phrase_acc": named / n if n else float("nan"), "examples": examples}
 
 
 def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tuple[list, list]:

@@ -95,9 +95,11 @@ def test_writes_named_outputs_with_all_metrics(shapes_report):
         assert set(r["baselines"]) == {"every_object", "one_random", "oracle_count_random"}
         assert r["baselines"]["oracle_count_random"]["all"]["count_acc"] == 1.0
         assert r["comparison"]["beats_all_by_margin"] is False  # an untrained model
+        assert 0.0 <= gen["target_phrase_acc"] <= 1.0
     md = (shapes_report / f"bench_pixellm-micro-test_{tag}.md").read_text()
     assert "does NOT beat all three trivial baselines" in md and "4.5 samples/s" in md
     assert "teacher-forced (LISA" in md and "gIoU by number of targets K" in md
+    assert "of the answers name exactly the true targets" in md
 
 
 def test_every_object_is_perfect_when_the_answer_is_all_objects(shapes):

@@ -8,6 +8,7 @@ from pixellm.data import ConversationDataset, SegmentationDataset, collate, pack
 from pixellm.errors import InputError
 from pixellm.muse import GenConfig, generate_dataset, load_split
 from pixellm.predictor import PixelLMPredictor
+from pixellm.train.loop import count_turns
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,22 @@ def test_conversation_item_masks_follow_blocks_and_model_trains_on_it(shapes, fm
     out = tiny_model(**batch)
     assert out.counts["masks"] == sum(m.shape[0] for m in batch["gt_masks"])
     assert torch.isfinite(out.loss)
+
+
+def test_count_turns_counts_answer_runs_through_padding(shapes, fmt):
+    samples = load_split(shapes, "train")
+    groups = pack_turns(samples, formatter=fmt, turns=3, seed=0)
+    conv = ConversationDataset(samples, groups=groups[:4], formatter=fmt, image_size=64,
+                               mean=[0.5] * 3, std=[0.25] * 3)
+    batch = collate([conv[i] for i in range(4)], pad_id=fmt.tokenizer.pad_token_id)
+    assert count_turns(batch["labels"]) == sum(len(g) for g in groups[:4])
+    assert count_turns(torch.full((2, 5), -100)) == 0
+
+
+def test_same_targets_is_an_order_free_multiset_match():
+    from pixellm.evaluate import same_targets
+    assert same_targets(["Blue  square", "red circle"], ["red circle", "blue square"])
+    assert same_targets([], [])
+    assert not same_targets(["red circle"], ["red circle", "red circle"])  # duplicates count
+    assert not same_targets(["red circle"], [])
+    assert not same_targets(["red star"], ["red circle"])

@@ -54,6 +54,8 @@ def test_same_seed_same_losses_and_loss_falls(reference_run, tmp_path, shapes, m
     assert list(a) == list(range(1, 9)) and a == b
     assert np.mean([a[7], a[8]]) < np.mean([a[1], a[2]])
     assert (reference_run / "final" / "model.safetensors").is_file()
+    last = json.loads((reference_run / "history.json").read_text())[-1]
+    assert last["questions_per_s"] > last["samples_per_s"] > 0  # 3-turn sequences hold several questions
     assert [p.name for p in sorted(reference_run.glob("step-*"))] == ["step-4", "step-8"]
 
 
@@ -152,6 +154,7 @@ def test_two_cpu_processes_match_one(reference_run, tmp_path, shapes, micro_cfg)
     assert list(two) == list(one)
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-3), (step, two[step], one[step])
+    assert json.loads((run / "history.json").read_text())[-1]["questions_per_s"] > 0  # summed over ranks
 
 
 def test_main_evaluates_and_prints_table(tmp_path, shapes, micro_cfg, capsys):
@@ -163,3 +166,4 @@ def test_main_evaluates_and_prints_table(tmp_path, shapes, micro_cfg, capsys):
     summary = json.loads((run / "eval.json").read_text())
     assert summary["steps"] == 2 and summary["eval"]["n_questions"] == 5
     assert 0.0 <= summary["eval"]["giou"] <= 1.0 and summary["train_samples_per_s"] > 0
+    assert 0.0 <= summary["target_phrase_acc"] <= 1.0 and "target phrases right" in out

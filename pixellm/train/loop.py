@@ -150,7 +150,7 @@ def _approx_lengths(samples, block_len: int) -> list[int]:
 def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir) -> list[dict]:
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or not accelerator.is_main_process,
                desc="train", dynamic_ncols=True, mininterval=2.0)
-    history, t0, seen = [], time.perf_counter(), 0
+    history, t0, seen, questions = [], time.perf_counter(), 0, 0
     # Debug throttle (seconds per step) so a test can land a SIGKILL mid-run; 0 in normal use.
     throttle = float(os.environ.get("PIXELLM_TEST_STEP_SLEEP", "0"))
     model.train()
@@ -158,6 +158,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         parts_sum: dict[str, float] = {}
         for _ in range(args.grad_accum):
             batch = _to_device(next(it), accelerator.device)
+            questions += count_turns(batch["labels"])
             with accelerator.accumulate(model):
                 out = model(**batch)
                 loss = _global_mean_loss(accelerator, out)
@@ -175,12 +176,15 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         sched.step()
         step += 1
         seen += global_batch
+        elapsed = time.perf_counter() - t0
         rec = {"step": step, "lr": sched.get_last_lr()[0], **_mean_over_processes(accelerator, parts_sum),
-               "samples_per_s": seen / (time.perf_counter() - t0)}
+               "samples_per_s": seen / elapsed,
+               "questions_per_s": _mean_over_processes(accelerator, {"q": float(questions)})["q"]
+               * accelerator.num_processes / elapsed}
         history.append(rec)
         if step % args.log_every == 0 or step == args.steps:
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
-        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "lr", "samples_per_s") if k in rec})
+        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "lr", "questions_per_s") if k in rec})
         bar.update(1)
         if throttle:
             time.sleep(throttle)
@@ -188,6 +192,12 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
             save_checkpoint(accelerator, run_dir, step=step, sample_pos=step * global_batch, keep=args.keep)
     bar.close()
     return history
+
+
+def count_turns(labels: torch.Tensor) -> int:
+    """Questions in a batch: the supervised (answer) runs of ``labels`` (B, T), one per turn."""
+    sup = labels != -100
+    return int(sup[:, :1].sum() + (sup[:, 1:] & ~sup[:, :-1]).sum())
 
 
 def _global_mean_loss(accelerator, out) -> torch.Tensor:
@@ -219,4 +229,4 @@ def _to_device(batch: dict, device) -> dict:
 
 
 
-__all__ = ["TrainingDivergedError", "train", "model_config"]
+__all__ = ["TrainingDivergedError", "count_turns", "train", "model_config"]

@@ -11,9 +11,10 @@ from .args import build_parser
 
 def _table(name: str, m: dict) -> str:
     a = m["all"]
-    rows = ["| split | n | gIoU | cIoU | count acc | P@0.5 | R@0.5 |", "|---|---|---|---|---|---|---|",
+    rows = ["| split | n | gIoU | cIoU | count acc | target phrases right | P@0.5 | R@0.5 |",
+            "|---|---|---|---|---|---|---|---|",
             f"| {name} | {m['n']} | {a['giou']:.3f} | {a['ciou']:.3f} | {a['count_acc']:.3f} | "
-            f"{a['precision50']:.3f} | {a['recall50']:.3f} |"]
+            f"{m['target_phrase_acc']:.3f} | {a['precision50']:.3f} | {a['recall50']:.3f} |"]
     return "\n".join(rows)
 
 
@@ -43,13 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     hist = result["history"]
     summary = {"train_seconds": train_secs, "steps": len(hist),
                "train_samples_per_s": hist[-1]["samples_per_s"] if hist else None,
+               "train_questions_per_s": hist[-1]["questions_per_s"] if hist else None,
                "eval_split": args.eval_split, "eval": m["all"], "zero_target": m["zero_target"],
+               "target_phrase_acc": m["target_phrase_acc"],
                "eval_queries_per_s": m["queries_per_s"], "final_checkpoint": result["final"]}
     from pathlib import Path
 
     Path(args.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))
     print(_table(args.eval_split, m))
-    print(f"train {train_secs / 60:.1f} min, {summary['train_samples_per_s']:.1f} samples/s; "
+    print(f"train {train_secs / 60:.1f} min, {summary['train_samples_per_s']:.1f} sequences/s "
+          f"({summary['train_questions_per_s']:.1f} questions/s); "
           f"eval {m['queries_per_s']:.1f} queries/s; model: {result['final']}")
     return 0
 
