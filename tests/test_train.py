@@ -167,3 +167,15 @@ def test_main_evaluates_and_prints_table(tmp_path, shapes, micro_cfg, capsys):
     assert summary["steps"] == 2 and summary["eval"]["n_questions"] == 5
     assert 0.0 <= summary["eval"]["giou"] <= 1.0 and summary["train_samples_per_s"] > 0
     assert 0.0 <= summary["target_phrase_acc"] <= 1.0 and "target phrases right" in out
+
+
+def test_param_groups_give_the_mask_head_its_own_learning_rate(tiny_model):
+    from pixellm.train.loop import param_groups
+    tiny_model.vision.requires_grad_(False)  # frozen parameters are left out
+    body, head = param_groups(tiny_model, lr=1e-3, head_lr_mult=3.0)
+    assert body["lr"] == 1e-3 and head["lr"] == pytest.approx(3e-3)
+    want_head = {id(p) for m in (tiny_model.fusion, tiny_model.decoder) for p in m.parameters()}
+    assert {id(p) for p in head["params"]} == want_head
+    trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
+    assert {id(p) for p in body["params"]} == trainable - want_head
+    assert not any(id(p) in trainable for p in tiny_model.vision.parameters())

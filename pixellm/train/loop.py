@@ -96,8 +96,8 @@ def train(args) -> dict:
     dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=cfg.vision.image_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
     accelerator.print(f"{len(samples)} questions in {len(groups)} conversations (up to {args.turns} turns)")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult),
+                            betas=tuple(args.betas), weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(
         _lr_lambda, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio))
     model, opt = accelerator.prepare(model, opt)
@@ -125,6 +125,16 @@ def train(args) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and (multi-process) the process group
     return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator}
+
+
+def param_groups(model, *, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW groups: the mask head (codebook fusion + pixel decoder) at ``lr * head_lr_mult``,
+    every other trainable parameter at ``lr``; frozen parameters are left out."""
+    head = {id(p) for m in (model.fusion, model.decoder) for p in m.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr},
+              {"params": [p for p in trainable if id(p) in head], "lr": lr * head_lr_mult}]
+    return [g for g in groups if g["params"]]
 
 
 def _conversations(sources: dict, fmt: PromptFormatter, *, turns: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -229,4 +239,4 @@ def _to_device(batch: dict, device) -> dict:
 
 
 
-__all__ = ["TrainingDivergedError", "count_turns", "train", "model_config"]
+__all__ = ["TrainingDivergedError", "count_turns", "model_config", "param_groups", "train"]
