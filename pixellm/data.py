@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .errors import InputError
 from .image_io import load_image, resize_longest_and_pad, resize_mask_to_input
 from .prompting import PromptFormatter
 
@@ -75,7 +76,10 @@ def pack_turns(samples: Sequence, *, formatter: PromptFormatter, turns: int, see
         for i in idx:
             s = samples[i]
             ans = len(formatter.answer_ids(s.answer))
-            first = len(formatter.training_pair(s.question, s.answer)[0])  # raises if too long
+            try:
+                first = len(formatter.prompt_ids(s.question, reserve=ans)) + ans
+            except InputError as e:
+                raise InputError(f"{s.source} image {s.image_id} question {s.question_index}: {e}") from e
             extra = len(formatter.followup_ids(s.question)) + ans
             if conv and (len(conv) >= turns or used + extra > formatter.max_length):
                 out.append(conv)

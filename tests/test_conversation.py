@@ -71,6 +71,9 @@ def test_pack_turns_covers_every_sample_once_per_image_within_limits(shapes, fmt
     assert pack_turns(samples, formatter=fmt, turns=1, seed=0) == [[i] for i in range(len(samples))]
     with pytest.raises(ValueError, match="turns"):
         pack_turns(samples, formatter=fmt, turns=0)
+    fmt.max_length = longest - 1  # the longest question + answer no longer fits: named
+    with pytest.raises(InputError, match=r"muse_train.json image \d+ question \d+: the question is too long"):
+        pack_turns(samples, formatter=fmt, turns=2, seed=0)
 
 
 def test_conversation_item_masks_follow_blocks_and_model_trains_on_it(shapes, fmt, tiny_model):
