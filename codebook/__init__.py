@@ -1,6 +1,6 @@
 """Segmentation codebook: the block tokens, finding blocks in text, and per-scale fusion."""
 
-from .fusion import FUSION_MODES, CodebookFusion, gather_blocks
+from .fusion import FUSION_MODES, PROJECTIONS, CodebookFusion, gather_blocks
 from .tokens import (
     BlockParse,
     add_codebook_tokens,
@@ -11,6 +11,7 @@ from .tokens import (
 
 __all__ = [
     "FUSION_MODES",
+    "PROJECTIONS",
     "BlockParse",
     "CodebookFusion",
     "add_codebook_tokens",

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FUSION_MODES", "CodebookFusion", "gather_blocks"]
+__all__ = ["FUSION_MODES", "PROJECTIONS", "CodebookFusion", "gather_blocks"]
 
 FUSION_MODES = ("linear", "mean")
+PROJECTIONS = ("mlp", "linear")
 
 
 def gather_blocks(
@@ -50,8 +51,9 @@ def gather_blocks(
 class CodebookFusion(nn.Module):
     """Project the block tokens' hidden states and fuse the N tokens of each scale into one.
 
-    Projection: an MLP ``llm_dim -> llm_dim -> out_dim`` (Linear, ReLU, Linear, as LISA's
-    ``text_hidden_fcs``) on every block token. Fusion per scale ``s``:
+    Projection, on every block token: ``"mlp"``, ``llm_dim -> llm_dim -> out_dim`` (Linear,
+    ReLU, Linear, as LISA's ``text_hidden_fcs``), or ``"linear"``, one ``llm_dim -> out_dim``
+    Linear. Fusion per scale ``s``:
 
     - ``"linear"``: ``e_s = sum_n w[s, n] * p_{s,n} + b_s`` with ``w`` an ``nn.Parameter`` of
       shape (L, N) initialised to 1/N (so training starts from the mean) and ``b`` an
@@ -68,6 +70,7 @@ class CodebookFusion(nn.Module):
         num_scales: int,
         tokens_per_scale: int,
         fusion: str = "linear",
+        projection: str = "mlp",
     ) -> None:
         """Build the projection and fusion.
 
@@ -77,13 +80,18 @@ class CodebookFusion(nn.Module):
             num_scales: L, scales per block (scale 0 = deepest).
             tokens_per_scale: N, codebook tokens per scale.
             fusion: ``"linear"`` (learned) or ``"mean"`` (fixed).
+            projection: ``"mlp"`` (LISA / PixelLM) or ``"linear"``.
         """
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
         self.num_scales, self.tokens_per_scale, self.fusion = num_scales, tokens_per_scale, fusion
-        self.proj = nn.Sequential(
-            nn.Linear(llm_dim, llm_dim), nn.ReLU(), nn.Linear(llm_dim, out_dim)
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        self.projection = projection
+        self.proj = (
+            nn.Sequential(nn.Linear(llm_dim, llm_dim), nn.ReLU(), nn.Linear(llm_dim, out_dim))
+            if projection == "mlp" else nn.Linear(llm_dim, out_dim)
         )
         mean = torch.full((num_scales, tokens_per_scale), 1.0 / tokens_per_scale)
         if fusion == "linear":
@@ -120,4 +128,5 @@ class CodebookFusion(nn.Module):
         return fused
 
     def extra_repr(self) -> str:
-        return f"num_scales={self.num_scales}, tokens_per_scale={self.tokens_per_scale}, fusion={self.fusion!r}"
+        return (f"num_scales={self.num_scales}, tokens_per_scale={self.tokens_per_scale}, "
+                f"fusion={self.fusion!r}, projection={self.projection!r}")

@@ -55,6 +55,7 @@ class CodebookConfig:
     num_scales: int = 2  # L
     tokens_per_scale: int = 3  # N
     fusion: str = "linear"  # "linear" (learned per-scale weights) or "mean" (ablation)
+    projection: str = "mlp"  # block hidden state -> decoder width: "mlp" (LISA/PixelLM) or "linear"
 
 
 @dataclass

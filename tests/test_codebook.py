@@ -227,3 +227,14 @@ def test_fusion_rejects_bad_input():
         CodebookFusion(llm_dim=4, out_dim=4, num_scales=2, tokens_per_scale=3, fusion="max")
     with pytest.raises(ValueError):
         _fusion()(torch.randn(2, 5, 16))
+
+
+def test_linear_projection_is_one_linear_map_and_bad_names_fail():
+    from torch import nn
+    lin = CodebookFusion(llm_dim=16, out_dim=8, num_scales=2, tokens_per_scale=3, projection="linear")
+    assert isinstance(lin.proj, nn.Linear) and (lin.proj.in_features, lin.proj.out_features) == (16, 8)
+    x = torch.randn(5, 6, 16)
+    assert torch.allclose(lin(x), lin.proj(x).view(5, 2, 3, 8).mean(2), atol=1e-6)  # linear map, then mean
+    assert isinstance(_fusion().proj, nn.Sequential)  # "mlp" stays the default (LISA / PixelLM)
+    with pytest.raises(ValueError, match="projection"):
+        CodebookFusion(llm_dim=16, out_dim=8, num_scales=2, tokens_per_scale=3, projection="conv")
