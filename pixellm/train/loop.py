@@ -187,10 +187,10 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         step += 1
         seen += global_batch
         elapsed = time.perf_counter() - t0
-        rec = {"step": step, "lr": sched.get_last_lr()[0], **_mean_over_processes(accelerator, parts_sum),
-               "samples_per_s": seen / elapsed,
-               "questions_per_s": _mean_over_processes(accelerator, {"q": float(questions)})["q"]
-               * accelerator.num_processes / elapsed}
+        means = _mean_over_processes(accelerator, {**parts_sum, "questions": float(questions)})  # one collective
+        total_questions = means.pop("questions") * accelerator.num_processes
+        rec = {"step": step, "lr": sched.get_last_lr()[0], **means,
+               "samples_per_s": seen / elapsed, "questions_per_s": total_questions / elapsed}
         history.append(rec)
         if step % args.log_every == 0 or step == args.steps:
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
