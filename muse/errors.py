@@ -15,7 +15,7 @@ class DatasetFormatError(ValueError):
         index: index of the record in that file, or ``None`` for file-level problems.
         reason: short machine-readable key, e.g. ``"placeholder_count"``, ``"missing_image"``,
             ``"bad_polygon"``, ``"unknown_instance"``, ``"bbox_out_of_bounds"``, ``"bad_rle"``,
-            ``"missing_field"``.
+            ``"bad_category"``, ``"missing_field"``.
         detail: the human explanation (the message without the location prefix).
     """
 

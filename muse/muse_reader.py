@@ -156,6 +156,9 @@ class MuseDataset(LenientReader, Sequence[Sample]):
                 raise self._error(index, "missing_field", f"ann_list[{a}] lacks {missing}")
             problem = masklib.check_segmentation(ann["segmentation"], height, width) or (
                 masklib.check_bbox(ann["bbox"], height, width))
+            cat = ann["category_id"]
+            if not problem and (not isinstance(cat, int) or isinstance(cat, bool) or cat < 1):
+                problem = ("bad_category", f"category_id {cat!r} is not a positive integer")
             if problem:
                 raise self._error(index, problem[0], f"ann_list[{a}] (id {ann['id']}): "
                                   f"{problem[1]}")
