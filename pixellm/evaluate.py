@@ -6,6 +6,7 @@ other predictors (e.g. trivial baselines) on exactly the same questions.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -59,13 +60,28 @@ def _pred_masks(p: Prediction, h: int, w: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.mask for t in p.targets]))
 
 
+def _norm(phrases: Sequence[str]) -> list[str]:
+    return sorted(" ".join(p.lower().split()) for p in phrases)
+
+
 def same_targets(predicted: Sequence[str], truth: Sequence[str]) -> bool:
     """Whether the answer names exactly the true targets: equal phrase multisets, compared
     case- and whitespace-insensitively, in any order (``[] == []`` for zero-target questions)."""
-    def norm(phrases):
-        return sorted(" ".join(p.lower().split()) for p in phrases)
+    return _norm(predicted) == _norm(truth)
 
-    return norm(predicted) == norm(truth)
+
+def answer_bound(predicted: Sequence[str], truth: Sequence[str]) -> float:
+    """The question's IoU if every correctly named target got a perfect mask.
+
+    ``m / max(len(predicted), len(truth))`` with ``m`` the size of the phrase-multiset
+    intersection (compared as :func:`same_targets`); 1.0 when both are empty. With phrases
+    that identify the targets and targets that do not overlap (the generated data), this is
+    exactly the Hungarian gIoU term of perfect masks for the named objects: averaged over a
+    split it bounds what better masks alone can reach with these answers.
+    """
+    if not predicted and not truth:
+        return 1.0
+    return sum((Counter(_norm(predicted)) & Counter(_norm(truth))).values()) / max(len(predicted), len(truth))
 
 
 def _predict(predictor: PixelLMPredictor, batch: list, failures: list[str]) -> list[Prediction]:
@@ -104,23 +120,28 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
          "queries_per_s": float, "n": int, "n_failed": questions whose input was rejected
          (scored as empty predictions), "failures": their first messages, "n_malformed":
          answers with a dropped broken block, "target_phrase_acc": fraction of answers naming
-         exactly the true targets (:func:`same_targets`), "examples": [(sample, Prediction), ...]}.
+         exactly the true targets (:func:`same_targets`), "answer_bound_giou": mean
+         :func:`answer_bound` (the gIoU perfect masks would reach with these answers),
+         "examples": [(sample, Prediction), ...]}.
     """
     n = _count(samples, limit)
-    scores, examples, failures, malformed, named = SplitScores(), [], [], 0, 0
+    scores, examples, failures, malformed, named, bound = SplitScores(), [], [], 0, 0, 0.0
     t0 = time.perf_counter()
     for idx in _batches(n, batch_size, progress, "eval"):
         batch = [samples[i] for i in idx]
         for s, p in zip(batch, _predict(predictor, batch, failures), strict=True):
             scores.update(_pred_masks(p, s.height, s.width), torch.from_numpy(s.masks()))
             malformed += bool(p.malformed)
-            named += same_targets([t.phrase for t in p.targets], s.phrases)
+            phrases = [t.phrase for t in p.targets]
+            named += same_targets(phrases, s.phrases)
+            bound += answer_bound(phrases, s.phrases)
             if len(examples) < keep_predictions:
                 examples.append((s, p))
     secs = time.perf_counter() - t0
     return {**scores.compute(), "queries_per_s": n / secs if secs else float("nan"), "n": n,
             "n_failed": len(failures), "failures": failures[:10], "n_malformed": malformed,
-            "target_phrase_acc": named / n if n else float("nan"), "examples": examples}
+            "target_phrase_acc": named / n if n else float("nan"),
+            "answer_bound_giou": bound / n if n else float("nan"), "examples": examples}
 
 
 def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tuple[list, list]:
