@@ -102,12 +102,12 @@ def _by_k_table(r: dict) -> list[str]:
 
 def _set_section(r: dict, files: dict[str, str]) -> list[str]:
     gen, tf = r["generation"], r["teacher_forced"]
-    named, bound = gen.get("target_phrase_acc"), gen.get("answer_bound_giou")
+    named, text = gen.get("target_phrase_acc"), gen.get("phrase_giou")
     lines = [f"## {r['name']}", "", f"{r['n']} questions; generation {_f(gen['queries_per_s'], 1)} "
              f"queries/s" + (f"; {_f(named)} of the answers name exactly the true targets" if named is not None
                              else "")
-             + (f"; perfect masks for the targets the answers name would score gIoU {_f(bound)} "
-                "(answer-bound gIoU)" if bound is not None else "") + ".",
+             + (f"; the answers' text alone, each named phrase taken as a perfect mask of its object, "
+                f"scores gIoU {_f(text)} (phrase gIoU)" if text is not None else "") + ".",
              "", *_metric_table(r, "all"), "", *_by_k_table(r), ""]
     notes = []
     if gen["n_failed"]:

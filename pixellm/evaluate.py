@@ -70,14 +70,15 @@ def same_targets(predicted: Sequence[str], truth: Sequence[str]) -> bool:
     return _norm(predicted) == _norm(truth)
 
 
-def answer_bound(predicted: Sequence[str], truth: Sequence[str]) -> float:
-    """The question's IoU if every correctly named target got a perfect mask.
+def phrase_iou(predicted: Sequence[str], truth: Sequence[str]) -> float:
+    """The question's IoU scored on the answer's text alone.
 
-    ``m / max(len(predicted), len(truth))`` with ``m`` the size of the phrase-multiset
-    intersection (compared as :func:`same_targets`); 1.0 when both are empty. With phrases
-    that identify the targets and targets that do not overlap (the generated data), this is
-    exactly the Hungarian gIoU term of perfect masks for the named objects: averaged over a
-    split it bounds what better masks alone can reach with these answers.
+    Each named phrase stands for a perfect mask of the object it names: ``m / max(len(predicted),
+    len(truth))`` with ``m`` the size of the phrase-multiset intersection (compared as
+    :func:`same_targets`); 1.0 when both are empty. With phrases that identify the targets and
+    targets that do not overlap (the generated data), this is exactly the Hungarian IoU term
+    of perfect masks for the named objects. It is not a bound on the model's gIoU: a mask can
+    find the right object under a wrong phrase.
     """
     if not predicted and not truth:
         return 1.0
@@ -120,12 +121,12 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
          "queries_per_s": float, "n": int, "n_failed": questions whose input was rejected
          (scored as empty predictions), "failures": their first messages, "n_malformed":
          answers with a dropped broken block, "target_phrase_acc": fraction of answers naming
-         exactly the true targets (:func:`same_targets`), "answer_bound_giou": mean
-         :func:`answer_bound` (the gIoU perfect masks would reach with these answers),
+         exactly the true targets (:func:`same_targets`), "phrase_giou": mean
+         :func:`phrase_iou` (the answers' text scored as perfect masks of what they name),
          "examples": [(sample, Prediction), ...]}.
     """
     n = _count(samples, limit)
-    scores, examples, failures, malformed, named, bound = SplitScores(), [], [], 0, 0, 0.0
+    scores, examples, failures, malformed, named, text = SplitScores(), [], [], 0, 0, 0.0
     t0 = time.perf_counter()
     for idx in _batches(n, batch_size, progress, "eval"):
         batch = [samples[i] for i in idx]
@@ -134,14 +135,14 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
             malformed += bool(p.malformed)
             phrases = [t.phrase for t in p.targets]
             named += same_targets(phrases, s.phrases)
-            bound += answer_bound(phrases, s.phrases)
+            text += phrase_iou(phrases, s.phrases)
             if len(examples) < keep_predictions:
                 examples.append((s, p))
     secs = time.perf_counter() - t0
     return {**scores.compute(), "queries_per_s": n / secs if secs else float("nan"), "n": n,
             "n_failed": len(failures), "failures": failures[:10], "n_malformed": malformed,
             "target_phrase_acc": named / n if n else float("nan"),
-            "answer_bound_giou": bound / n if n else float("nan"), "examples": examples}
+            "phrase_giou": text / n if n else float("nan"), "examples": examples}
 
 
 def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tuple[list, list]:

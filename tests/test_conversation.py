@@ -113,11 +113,11 @@ def test_same_targets_is_an_order_free_multiset_match():
     assert not same_targets(["red star"], ["red circle"])
 
 
-def test_answer_bound_is_the_giou_of_perfect_masks_for_the_named_targets():
-    from pixellm.evaluate import answer_bound
-    assert answer_bound([], []) == 1.0 and answer_bound(["red circle"], []) == 0.0
-    assert answer_bound([], ["red circle"]) == 0.0
-    assert answer_bound(["Blue square", "red circle"], ["red circle", "blue  square"]) == 1.0
-    assert answer_bound(["red circle", "red star"], ["red circle"]) == 0.5  # a wrong extra target
-    assert answer_bound(["red circle"], ["red circle", "red star", "blue ring"]) == 1 / 3  # missed two
-    assert answer_bound(["red circle", "red circle"], ["red circle"]) == 0.5  # a repeat earns once
+def test_phrase_iou_scores_the_named_targets_as_perfect_masks():
+    from pixellm.evaluate import phrase_iou
+    assert phrase_iou([], []) == 1.0 and phrase_iou(["red circle"], []) == 0.0
+    assert phrase_iou([], ["red circle"]) == 0.0
+    assert phrase_iou(["Blue square", "red circle"], ["red circle", "blue  square"]) == 1.0
+    assert phrase_iou(["red circle", "red star"], ["red circle"]) == 0.5  # a wrong extra target
+    assert phrase_iou(["red circle"], ["red circle", "red star", "blue ring"]) == 1 / 3  # missed two
+    assert phrase_iou(["red circle", "red circle"], ["red circle"]) == 0.5  # a repeat earns once

@@ -166,8 +166,8 @@ def test_main_evaluates_and_prints_table(tmp_path, shapes, micro_cfg, capsys):
     summary = json.loads((run / "eval.json").read_text())
     assert summary["steps"] == 2 and summary["eval"]["n_questions"] == 5
     assert 0.0 <= summary["eval"]["giou"] <= 1.0 and summary["train_samples_per_s"] > 0
-    assert 0.0 <= summary["target_phrase_acc"] <= summary["answer_bound_giou"] <= 1.0
-    assert "target phrases right" in out and "answer-bound gIoU" in out
+    assert 0.0 <= summary["target_phrase_acc"] <= summary["phrase_giou"] <= 1.0
+    assert "target phrases right" in out and "phrase gIoU" in out
 
 
 def test_param_groups_give_the_mask_head_its_own_learning_rate(tiny_model):

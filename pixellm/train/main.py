@@ -11,10 +11,10 @@ from .args import build_parser
 
 def _table(name: str, m: dict) -> str:
     a = m["all"]
-    rows = ["| split | n | gIoU | cIoU | count acc | target phrases right | answer-bound gIoU | P@0.5 | R@0.5 |",
+    rows = ["| split | n | gIoU | cIoU | count acc | target phrases right | phrase gIoU | P@0.5 | R@0.5 |",
             "|---|---|---|---|---|---|---|---|---|",
             f"| {name} | {m['n']} | {a['giou']:.3f} | {a['ciou']:.3f} | {a['count_acc']:.3f} | "
-            f"{m['target_phrase_acc']:.3f} | {m['answer_bound_giou']:.3f} | {a['precision50']:.3f} | "
+            f"{m['target_phrase_acc']:.3f} | {m['phrase_giou']:.3f} | {a['precision50']:.3f} | "
             f"{a['recall50']:.3f} |"]
     return "\n".join(rows)
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "train_samples_per_s": hist[-1]["samples_per_s"] if hist else None,
                "train_questions_per_s": hist[-1]["questions_per_s"] if hist else None,
                "eval_split": args.eval_split, "eval": m["all"], "zero_target": m["zero_target"],
-               "target_phrase_acc": m["target_phrase_acc"], "answer_bound_giou": m["answer_bound_giou"],
+               "target_phrase_acc": m["target_phrase_acc"], "phrase_giou": m["phrase_giou"],
                "eval_queries_per_s": m["queries_per_s"], "final_checkpoint": result["final"]}
     from pathlib import Path
 
