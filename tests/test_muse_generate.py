@@ -64,7 +64,7 @@ def test_lvis_files_match_rendered_masks(shapes):
         assert {c["frequency"] for c in lvis.categories.values()} <= {"r", "c", "f"}
 
 
-def test_answers_name_targets_left_to_right(shapes):
+def test_answers_name_targets_top_to_bottom(shapes):
     out, _ = shapes
     for sample in load_split(out, "train"):
         assert sample.answer.count("{seg}") == sample.num_targets
@@ -72,8 +72,8 @@ def test_answers_name_targets_left_to_right(shapes):
             assert sample.answer == NO_SHAPE_ANSWER
             continue
         assert sample.answer.startswith(f"{sample.phrases[0]} {{seg}}")
-        xs = [np.nonzero(m)[1].mean() for m in sample.masks()]
-        assert xs == sorted(xs)
+        ys = [np.nonzero(m)[0].mean() for m in sample.masks()]
+        assert ys == sorted(ys)
 
 
 def test_test_splits_partition_questions_by_count(shapes):
