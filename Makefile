@@ -17,10 +17,12 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-15s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge 7 ] || \
+	  echo "warning: $$free GiB free on this disk; the venv needs about 6.5 GiB (torch 2.14.1 is a CUDA build)" >&2
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel -c constraints.txt
-	$(BIN)/pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-cache-dir --upgrade pip setuptools wheel -c constraints.txt
+	$(BIN)/pip install -q --no-cache-dir -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-cache-dir -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the project (torch pinned by constraints.txt)
