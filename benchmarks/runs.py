@@ -6,7 +6,8 @@ steps, batch...), changing one thing each:
 
 - ``no_refine``: no target-refinement loss (``--no-refine``);
 - ``n1``: N = 1 codebook token per scale instead of 3 (``--tokens-per-scale 1``);
-- ``fusion_mean``: the learned per-scale fusion replaced by a plain mean (``--fusion mean``).
+- ``fusion_mean``: the learned per-scale fusion replaced by a plain mean (``--fusion mean``);
+- ``no_phrase``: no phrase-reconstruction loss on the fused embeddings (``--phrase-weight 0``).
 """
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_refine": ("--no-refine",),
     "n1": ("--tokens-per-scale", "1"),
     "fusion_mean": ("--fusion", "mean"),
+    "no_phrase": ("--phrase-weight", "0"),
 }
 DESCRIPTIONS = {
-    "default": "default (refinement loss, N = 3, learned fusion, 3-turn sequences)",
+    "default": "default (refinement loss, N = 3, learned fusion, phrase loss, 3-turn sequences)",
     "no_refine": "without the target-refinement loss",
     "n1": "N = 1 codebook token per scale (instead of 3)",
     "fusion_mean": "token fusion replaced by a mean",
+    "no_phrase": "without the phrase-reconstruction loss",
 }
 
 

@@ -1,6 +1,8 @@
-"""Segmentation codebook: the block tokens, finding blocks in text, and per-scale fusion."""
+"""Segmentation codebook: the block tokens, finding blocks in text, per-scale fusion, and the
+phrase-reconstruction head that trains the fused embeddings to name their targets."""
 
 from .fusion import FUSION_MODES, PROJECTIONS, CodebookFusion, gather_blocks
+from .phrase import PhraseHead, block_phrases
 from .tokens import (
     BlockParse,
     add_codebook_tokens,
@@ -14,7 +16,9 @@ __all__ = [
     "PROJECTIONS",
     "BlockParse",
     "CodebookFusion",
+    "PhraseHead",
     "add_codebook_tokens",
+    "block_phrases",
     "block_text",
     "codebook_token_names",
     "gather_blocks",

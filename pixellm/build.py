@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .codebook import CodebookFusion, add_codebook_tokens, codebook_token_names
+from .codebook import CodebookFusion, PhraseHead, add_codebook_tokens, codebook_token_names
 from .config import PixelLMConfig, get_model_config
 from .decoder import PixelDecoder
 from .errors import ConfigError
@@ -94,6 +94,10 @@ def build_model(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBa
         image_token_id=image_id, codebook_ids=codebook_ids, ce_weight=loss.ce_weight,
         bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, refine=loss.refine,
         refine_alpha=loss.refine_alpha, block_ce=loss.block_ce,
+        phrase_head=PhraseHead(in_dim=dec.dim * cb.num_scales,
+                               vocab_size=llm.get_input_embeddings().num_embeddings)
+        if loss.phrase_weight > 0 else None,
+        phrase_weight=loss.phrase_weight,
     )
     if dtype is not None:
         model.to(dtype)

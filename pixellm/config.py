@@ -78,6 +78,9 @@ class LossConfig:
     # "all": text CE on every codebook token (PixelLM; needed for unconstrained generation).
     # "first": only on a block's first token, since generation forces the rest by default.
     block_ce: str = "all"
+    # Phrase reconstruction (codebook.PhraseHead, not in PixelLM): the fused target embeddings
+    # predict the words of their phrase. 0 turns it off (and builds no head).
+    phrase_weight: float = 0.0
 
 
 @dataclass
@@ -123,6 +126,8 @@ class PixelLMConfig:
                 f"codebook.num_scales is {self.codebook.num_scales}")
         if self.codebook.fusion not in ("linear", "mean"):
             raise ConfigError(f"{self.name}: codebook.fusion must be 'linear' or 'mean'")
+        if self.loss.phrase_weight < 0:
+            raise ConfigError(f"{self.name}: loss.phrase_weight must be >= 0, got {self.loss.phrase_weight}")
         if self.llm.name_or_path is None and self.llm.config is None:
             raise ConfigError(f"{self.name}: llm needs name_or_path or config")
         return self

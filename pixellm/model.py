@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codebook import CodebookFusion, gather_blocks, parse_blocks
+from .codebook import CodebookFusion, PhraseHead, block_phrases, gather_blocks, parse_blocks
 from .decoder import PixelDecoder, mask_losses
 from .llm import ImageProjector
 from .vision import VisionTower
@@ -66,13 +66,16 @@ class PixelLM(nn.Module):
         block_ce: "all" scores the text CE on every codebook token (PixelLM); "first" only on
             a block's first token, since generation forces the rest (the remaining positions'
             hidden states then serve the masks alone).
+        phrase_head: optional :class:`~pixellm.codebook.PhraseHead`; in training its loss,
+            times ``phrase_weight``, joins the mask term (one value per block, like the masks).
     """
 
     def __init__(self, *, vision: VisionTower, projector: ImageProjector, llm: nn.Module,
                  fusion: CodebookFusion, decoder: PixelDecoder, image_token_id: int,
                  codebook_ids: list[int], ce_weight: float = 1.0, bce_weight: float = 2.0,
                  dice_weight: float = 0.5, refine: bool = True, refine_alpha: float = 2.0,
-                 block_ce: str = "all") -> None:
+                 block_ce: str = "all", phrase_head: PhraseHead | None = None,
+                 phrase_weight: float = 0.0) -> None:
         super().__init__()
         if block_ce not in ("first", "all"):
             raise ValueError(f"block_ce must be 'first' or 'all', got {block_ce!r}")
@@ -85,6 +88,7 @@ class PixelLM(nn.Module):
         self.loss_cfg = dict(bce_weight=bce_weight, dice_weight=dice_weight, refine=refine,
                              refine_alpha=refine_alpha)
         self.ce_weight = ce_weight
+        self.phrase_head, self.phrase_weight = phrase_head, phrase_weight
 
     # -- pieces --------------------------------------------------------------------------
     @property
@@ -145,12 +149,20 @@ class PixelLM(nn.Module):
         text_logits = self.base_llm.lm_head(hidden)  # (B, T, V)
         starts = [parse_blocks(row.tolist(), self.codebook_ids).starts for row in input_ids]
         block_hidden, batch_index = gather_blocks(hidden, starts, len(self.codebook_ids))
-        mask_logits = self.decode_masks(feats, block_hidden, batch_index)  # (K, h, w)
+        targets = self.fusion(block_hidden)  # (K, L, C)
+        mask_logits = self.decoder(feats, targets, batch_index).logits  # (K, h, w)
         out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index)
         if labels is not None and gt_masks is not None:
+            if self.phrase_head is not None and self.phrase_weight > 0:
+                phrases = [p for row, lab, st in zip(input_ids, labels != -100, starts, strict=True)
+                           for p in block_phrases(row, lab, st, self.codebook_ids)]
+                phrase = self.phrase_head.loss(targets, phrases)
             if self.block_ce == "first":  # the forced rest of each block is not scored
                 labels = labels.masked_fill(torch.isin(input_ids, self._codebook[1:]), -100)
             out.terms, out.parts = self._loss(text_logits, labels, mask_logits, batch_index, gt_masks)
+            if self.phrase_head is not None and self.phrase_weight > 0:
+                out.terms["mask"] = out.terms["mask"] + self.phrase_weight * phrase
+                out.parts["phrase"] = phrase.detach()
             out.loss = out.terms["text"] + out.terms["mask"]
             out.counts = {"tokens": int((labels[:, 1:] != -100).sum()), "masks": int(mask_logits.shape[0])}
         return out

@@ -1,4 +1,4 @@
-"""Codebook tokens, block parsing, gathering and per-scale fusion."""
+"""Codebook tokens, block parsing, gathering, per-scale fusion and the phrase head."""
 
 import random
 
@@ -7,7 +7,9 @@ import torch
 
 from pixellm.codebook import (
     CodebookFusion,
+    PhraseHead,
     add_codebook_tokens,
+    block_phrases,
     block_text,
     codebook_token_names,
     gather_blocks,
@@ -238,3 +240,50 @@ def test_linear_projection_is_one_linear_map_and_bad_names_fail():
     assert isinstance(_fusion().proj, nn.Sequential)  # "mlp" stays the default (LISA / PixelLM)
     with pytest.raises(ValueError, match="projection"):
         CodebookFusion(llm_dim=16, out_dim=8, num_scales=2, tokens_per_scale=3, projection="conv")
+
+
+def test_block_phrases_stop_at_blocks_questions_and_start():
+    cb = [90, 91]
+    # question (unscored) | "red circle" B , "blue" B . || next turn: question | "star" B
+    ids = [5, 6, 10, 11, 90, 91, 12, 13, 90, 91, 14, 7, 8, 15, 90, 91]
+    scored = [False, False, True, True, True, True, True, True, True, True, True, False, False, True, True, True]
+    starts = [4, 8, 14]
+    assert block_phrases(ids, scored, starts, cb) == [[10, 11], [12, 13], [15]]
+    # a block right after the question, and one right after another block: empty phrases
+    assert block_phrases([5, 90, 91, 90, 91], [False, True, True, True, True], [1, 3], cb) == [[], []]
+    # a scored run reaching the sequence start; tensors are accepted
+    assert block_phrases(torch.tensor([3, 4, 90, 91]), torch.tensor([True] * 4), [2], cb) == [[3, 4]]
+    with pytest.raises(ValueError, match="scored has 2 entries for 3 tokens"):
+        block_phrases([1, 2, 3], [True, True], [], cb)
+
+
+def test_phrase_head_loss_is_the_soft_cross_entropy_of_the_word_bags():
+    torch.manual_seed(0)
+    head = PhraseHead(in_dim=2 * 4, vocab_size=6)
+    targets = torch.randn(3, 2, 4)
+    loss = head.loss(targets, [[1, 2, 2], [], [5]])  # repeats count once; empty bags are skipped
+    logp = torch.log_softmax(head(targets), -1)
+    want = (-(logp[0, 1] + logp[0, 2]) / 2 - logp[2, 5]) / 2
+    assert head(targets).shape == (3, 6)
+    assert torch.allclose(loss, want)
+    none = head.loss(targets, [[], [], []])
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="3 target embeddings but 2 phrases"):
+        head.loss(targets, [[1], [2]])
+
+
+def test_phrase_head_learns_to_name_distinct_embeddings():
+    """Four fixed 'targets', each with its own two-word phrase: the loss falls to near its floor
+    (log 2, a uniform split over the two words) and the two words rank first for each."""
+    torch.manual_seed(0)
+    head = PhraseHead(in_dim=8, vocab_size=12)
+    targets, bags = torch.randn(4, 2, 4), [[0, 4], [1, 5], [2, 6], [3, 7]]
+    opt = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(200):
+        opt.zero_grad()
+        loss = head.loss(targets, bags)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.72  # log 2 = 0.693
+    top2 = head(targets).topk(2, dim=-1).indices.sort(-1).values.tolist()
+    assert top2 == [sorted(b) for b in bags]

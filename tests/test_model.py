@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pixellm.build import build_model
+from pixellm.config import ConfigError
 from pixellm.data import Encoded, collate
 from pixellm.predictor import PixelLMPredictor
 from pixellm.train.trainable import select_trainable
@@ -30,7 +31,7 @@ def test_forward_shapes_zero_one_many(tiny_model):
     assert out.mask_logits.shape == (4, 32, 32)  # 0 + 1 + 3 targets, 8x8 grid upscaled 4x
     assert out.batch_index.tolist() == [1, 2, 2, 2]
     assert out.text_logits.shape[:2] == batch["input_ids"].shape
-    assert set(out.parts) == {"ce", "bce", "dice", "refine"}
+    assert set(out.parts) == {"ce", "bce", "dice", "refine", "phrase"}
     assert torch.isfinite(out.loss)
     only_zero = tiny_model(**make_batch(tiny_model, ANSWERS[:1]))
     assert only_zero.mask_logits.shape == (0, 32, 32) and torch.isfinite(only_zero.loss)
@@ -57,7 +58,8 @@ def test_gradients_reach_trainable_parts_and_frozen_parts_stay(tokenizer, small_
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     # lora_B starts at zero, so lora_A only gets gradient from the second step on (checked below)
-    for part in ("lora_B", "fusion.scale_weight", "fusion.proj", "projector.", "decoder.", "embed_tokens"):
+    for part in ("lora_B", "fusion.scale_weight", "fusion.proj", "projector.", "decoder.", "embed_tokens",
+                 "phrase_head."):
         hit = [n for n in grads if part in n]
         assert hit, part
         assert any(grads[n] is not None and grads[n].abs().sum() > 0 for n in hit), f"no gradient reaches {part}"
@@ -127,3 +129,26 @@ def test_block_ce_first_scores_only_the_block_opening_token(tiny_model):
         type(tiny_model)(vision=tiny_model.vision, projector=tiny_model.projector, llm=tiny_model.llm,
                          fusion=tiny_model.fusion, decoder=tiny_model.decoder, image_token_id=1,
                          codebook_ids=tiny_model.codebook_ids, block_ce="some")
+
+
+def test_phrase_loss_joins_the_mask_term_and_trains_the_fusion(tiny_model, make_tokenizer, small_config):
+    batch = make_batch(tiny_model, ANSWERS)
+    out = tiny_model(**batch)
+    assert tiny_model.phrase_weight == 1.0 and out.parts["phrase"] > 0  # pixellm-tiny turns it on
+    parts = out.parts
+    cfg = tiny_model.loss_cfg
+    mask_only = cfg["bce_weight"] * (parts["bce"] + parts["refine"]) + cfg["dice_weight"] * parts["dice"]
+    assert torch.allclose(out.terms["mask"], mask_only + parts["phrase"], atol=1e-6)
+    # the phrase loss alone sends gradient through the fusion into the LLM, not into the decoder
+    tiny_model.zero_grad()
+    phrases = [["purple", "triangle"], ["red", "circle"], [",", "blue", "square"], ["and", "green", "star"]]
+    ids = [[tiny_model.tokenizer.convert_tokens_to_ids(w) for w in p] for p in phrases]
+    fused = tiny_model.fusion(torch.randn(4, len(tiny_model.codebook_ids), 256, requires_grad=True))
+    tiny_model.phrase_head.loss(fused, ids).backward()
+    assert tiny_model.fusion.proj[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny_model.decoder.parameters())
+    off = build_model(small_config(loss={"phrase_weight": 0.0}), tokenizer=make_tokenizer())
+    assert off.phrase_head is None and not any(k.startswith("phrase_head.") for k in off.state_dict())
+    assert "phrase" not in off(**make_batch(off, ANSWERS)).parts
+    with pytest.raises(ConfigError, match="phrase_weight must be >= 0"):
+        small_config(loss={"phrase_weight": -1.0})

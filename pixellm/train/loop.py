@@ -32,7 +32,8 @@ def model_config(args) -> PixelLMConfig:
     name = add_model_config(args.model) if args.model.endswith(".json") else args.model
     over = {}
     loss = {**({"refine": False} if args.no_refine else {}),
-            **({"block_ce": args.block_ce} if args.block_ce else {})}
+            **({"block_ce": args.block_ce} if args.block_ce else {}),
+            **({"phrase_weight": args.phrase_weight} if args.phrase_weight is not None else {})}
     if loss:
         over["loss"] = loss
     cb = {}
@@ -128,9 +129,10 @@ def train(args) -> dict:
 
 
 def param_groups(model, *, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW groups: the mask head (codebook fusion + pixel decoder) at ``lr * head_lr_mult``,
-    every other trainable parameter at ``lr``; frozen parameters are left out."""
-    head = {id(p) for m in (model.fusion, model.decoder) for p in m.parameters()}
+    """AdamW groups: the mask head (codebook fusion, pixel decoder, phrase head) at
+    ``lr * head_lr_mult``, every other trainable parameter at ``lr``; frozen ones are left out."""
+    head_modules = (model.fusion, model.decoder, getattr(model, "phrase_head", None))
+    head = {id(p) for m in head_modules if m is not None for p in m.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr},
               {"params": [p for p in trainable if id(p) in head], "lr": lr * head_lr_mult}]
@@ -194,7 +196,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         history.append(rec)
         if step % args.log_every == 0 or step == args.steps:
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
-        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "lr", "questions_per_s") if k in rec})
+        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "phrase", "lr", "questions_per_s") if k in rec})
         bar.update(1)
         if throttle:
             time.sleep(throttle)

@@ -7,9 +7,10 @@ COMPONENTS = ("vision", "projector", "llm", "fusion", "decoder")
 
 
 def trainable_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """component -> (trainable params, total params); 'lora' counts adapter weights."""
+    """component -> (trainable params, total params); 'lora' counts adapter weights (inside
+    'llm'); 'phrase_head' appears when the model has one."""
     out = {}
-    for name in COMPONENTS:
+    for name in COMPONENTS + (("phrase_head",) if getattr(model, "phrase_head", None) is not None else ()):
         ps = list(getattr(model, name).parameters())
         out[name] = (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
     lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
@@ -31,8 +32,8 @@ def select_trainable(model: nn.Module, *, verbose: bool = True) -> dict[str, tup
     counts = trainable_counts(model)
     if cfg.vision.freeze and counts["vision"][0]:
         raise AssertionError(f"vision tower is configured frozen but has {counts['vision'][0]} trainable params")
-    for name in ("projector", "fusion", "decoder"):
-        if counts[name][0] != counts[name][1]:
+    for name in ("projector", "fusion", "decoder", "phrase_head"):
+        if name in counts and counts[name][0] != counts[name][1]:
             raise AssertionError(f"{name} must train fully: {counts[name]}")
     if cfg.llm.lora is not None:
         if not counts["lora"][0]:
@@ -43,7 +44,7 @@ def select_trainable(model: nn.Module, *, verbose: bool = True) -> dict[str, tup
         if stray:
             raise AssertionError(f"LoRA run trains base LLM weights: {stray[:5]}")
     if verbose:
-        total = sum(t for t, _ in (counts[c] for c in COMPONENTS))
+        total = sum(t for c, (t, _) in counts.items() if c != "lora")
         rows = ", ".join(f"{c} {t / 1e6:.2f}M/{n / 1e6:.2f}M" for c, (t, n) in counts.items())
         print(f"trainable: {total / 1e6:.2f}M ({rows})")
     return counts
