@@ -153,19 +153,24 @@ class PixelLM(nn.Module):
         mask_logits = self.decoder(feats, targets, batch_index).logits  # (K, h, w)
         out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index)
         if labels is not None and gt_masks is not None:
-            if self.phrase_head is not None and self.phrase_weight > 0:
-                phrases = [p for row, lab, st in zip(input_ids, labels != -100, starts, strict=True)
-                           for p in block_phrases(row, lab, st, self.codebook_ids)]
-                phrase = self.phrase_head.loss(targets, phrases)
+            phrase = self._phrase_loss(input_ids, labels, starts, targets)  # before block_ce masks labels
             if self.block_ce == "first":  # the forced rest of each block is not scored
                 labels = labels.masked_fill(torch.isin(input_ids, self._codebook[1:]), -100)
             out.terms, out.parts = self._loss(text_logits, labels, mask_logits, batch_index, gt_masks)
-            if self.phrase_head is not None and self.phrase_weight > 0:
+            if phrase is not None:
                 out.terms["mask"] = out.terms["mask"] + self.phrase_weight * phrase
                 out.parts["phrase"] = phrase.detach()
             out.loss = out.terms["text"] + out.terms["mask"]
             out.counts = {"tokens": int((labels[:, 1:] != -100).sum()), "masks": int(mask_logits.shape[0])}
         return out
+
+    def _phrase_loss(self, input_ids, labels, starts, targets) -> torch.Tensor | None:
+        """The phrase-reconstruction loss of the batch's blocks, or None when it is off."""
+        if self.phrase_head is None or self.phrase_weight <= 0:
+            return None
+        phrases = [p for row, lab, st in zip(input_ids, labels != -100, starts, strict=True)
+                   for p in block_phrases(row, lab, st, self.codebook_ids)]
+        return self.phrase_head.loss(targets, phrases)
 
     def _loss(self, text_logits, labels, mask_logits, batch_index, gt_masks):
         ce = F.cross_entropy(text_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
