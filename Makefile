@@ -42,7 +42,7 @@ bench: $(STAMP) ## Score the trained default model vs trivial baselines -> bench
 	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }
 	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --threads $(JOBS) $(BENCH_ARGS)
 
-bench-ablation: $(STAMP) ## Also train + bench the ablation variants (4 more training runs, same seed and budget)
+bench-ablation: $(STAMP) ## Also train + bench the ablation variants (5 more training runs, same seed and budget)
 	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }
 	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --threads $(JOBS) --ablation --train-args "$(TRAIN_ARGS)" $(BENCH_ARGS)
 

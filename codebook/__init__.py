@@ -1,8 +1,9 @@
 """Segmentation codebook: the block tokens, finding blocks in text, per-scale fusion, and the
-phrase-reconstruction head that trains the fused embeddings to name their targets."""
+phrase-supervision heads that train the fused embeddings (and the vision patches under each
+target) to name their targets."""
 
 from .fusion import FUSION_MODES, PROJECTIONS, CodebookFusion, gather_blocks
-from .phrase import PhraseHead, block_phrases
+from .phrase import PhraseHead, RegionWordHead, block_phrases, phrase_bags
 from .tokens import (
     BlockParse,
     add_codebook_tokens,
@@ -17,10 +18,12 @@ __all__ = [
     "BlockParse",
     "CodebookFusion",
     "PhraseHead",
+    "RegionWordHead",
     "add_codebook_tokens",
     "block_phrases",
     "block_text",
     "codebook_token_names",
     "gather_blocks",
     "parse_blocks",
+    "phrase_bags",
 ]

@@ -1,4 +1,11 @@
-"""Phrase reconstruction: an auxiliary loss that makes each fused target embedding name its target.
+"""Phrase supervision: auxiliary losses that make the model's features name the targets.
+
+:class:`PhraseHead` (phrase reconstruction) reads each block's fused target embedding;
+:class:`RegionWordHead` (region words) reads the vision tower's patch features under each
+target's mask. Both predict the bag of words of the target's phrase, and both are used in
+training only.
+
+Phrase reconstruction.
 
 The pixel decoder can only segment the object a block refers to if the fused target embedding
 (:class:`~pixellm.codebook.CodebookFusion`) carries *which* object that is. In PixelLM that
@@ -18,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["PhraseHead", "block_phrases"]
+__all__ = ["PhraseHead", "RegionWordHead", "block_phrases", "phrase_bags"]
 
 
 def block_phrases(
@@ -56,6 +63,26 @@ def block_phrases(
     return out
 
 
+def phrase_bags(phrases: Sequence[Sequence[int]], vocab_size: int, device=None) -> tuple[Tensor, Tensor]:
+    """Uniform distributions over each phrase's distinct words.
+
+    Args:
+        phrases: K lists of token ids (:func:`block_phrases`); repeats count once.
+        vocab_size: V; every id must be below it.
+        device: where to build the tensors.
+
+    Returns:
+        (bags (K, V) float32, rows summing to 1 or all 0 for an empty phrase;
+        keep (K,) bool, True where the phrase is non-empty).
+    """
+    bags = torch.zeros(len(phrases), vocab_size, device=device)
+    for row, p in enumerate(phrases):
+        if p:
+            bags[row, sorted(set(int(t) for t in p))] = 1.0
+    keep = bags.sum(1) > 0
+    return bags / bags.sum(1, keepdim=True).clamp_min(1.0), keep
+
+
 class PhraseHead(nn.Module):
     """Linear read-out of the bag of phrase words from the fused target embeddings.
 
@@ -86,12 +113,71 @@ class PhraseHead(nn.Module):
         """
         if targets.shape[0] != len(phrases):
             raise ValueError(f"{targets.shape[0]} target embeddings but {len(phrases)} phrases")
-        keep = [k for k, p in enumerate(phrases) if p]
         logits = self(targets).float()  # (K, V)
-        if not keep:
+        bags, keep = phrase_bags(phrases, logits.shape[1], logits.device)
+        if not bool(keep.any()):
             return logits.sum() * 0.0
-        bag = torch.zeros(len(keep), logits.shape[1], device=logits.device)  # (K', V)
-        for row, k in enumerate(keep):
-            bag[row, sorted(set(int(t) for t in phrases[k]))] = 1.0
-        bag = bag / bag.sum(1, keepdim=True)
-        return -(bag * F.log_softmax(logits[keep], dim=-1)).sum(1).mean()
+        return -(bags[keep] * F.log_softmax(logits[keep], dim=-1)).sum(1).mean()
+
+
+class RegionWordHead(nn.Module):
+    """Region words: each vision patch under a target's mask predicts that target's phrase words.
+
+    A CLIP tower trained from scratch learns what an object *is* only through the LLM's text
+    loss, which reaches a patch's features indirectly and slowly: the tiny default named
+    objects that are not in the image in about two thirds of its generated phrases. This head
+    gives the tower's deep patch features (the ones the LLM reads) a direct, dense signal from
+    the same answers: a linear read-out of the bag of phrase words at every patch, weighted by
+    the fraction of the patch the target's ground-truth mask covers. It stands in for the
+    pretraining a real CLIP tower brings, so real-scale configs leave it off.
+
+    Args:
+        in_dim: C, the vision tower's width.
+        vocab_size: V, the LLM vocabulary (phrase token ids are < V).
+    """
+
+    def __init__(self, *, in_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, vocab_size)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        """feats (B, C, g, g) patch features -> (B, g*g, V) word logits."""
+        return self.proj(feats.flatten(2).transpose(1, 2))
+
+    def loss(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
+             phrases: Sequence[Sequence[int]]) -> Tensor:
+        """Coverage-weighted soft cross-entropy between patch word predictions and phrase bags.
+
+        Args:
+            feats: (B, C, g, g) patch features (with graph).
+            masks: (K, H, W) float {0, 1} ground-truth masks, H and W multiples of g.
+            batch_index: (K,) image of each target.
+            phrases: K lists of token ids (:func:`block_phrases`).
+
+        Returns:
+            float32 scalar ``sum_kp w_kp ce_kp / sum_kp w_kp``, where ``w_kp`` is the fraction
+            of patch p that mask k covers (0 for an empty phrase) and ``ce_kp`` the soft
+            cross-entropy of the patch's prediction (in image ``batch_index[k]``) against
+            phrase k's bag; 0 (attached to the graph) when no patch is covered.
+        """
+        total, weight = self.sums(feats, masks, batch_index, phrases)
+        return total / max(weight, 1e-6)
+
+    def sums(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
+             phrases: Sequence[Sequence[int]]) -> tuple[Tensor, float]:
+        """The numerator and denominator of :meth:`loss`: ``(sum_kp w_kp ce_kp`` (with graph),
+        ``sum_kp w_kp)``, so processes holding parts of a batch can form the global mean."""
+        k = masks.shape[0]
+        if len(phrases) != k or batch_index.shape[0] != k:
+            raise ValueError(f"{k} masks, {batch_index.shape[0]} batch indices and {len(phrases)} phrases")
+        g = feats.shape[-1]
+        if masks.shape[-1] % g or masks.shape[-2] % feats.shape[-2]:
+            raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the patch grid {tuple(feats.shape[-2:])}")
+        logp = F.log_softmax(self(feats).float(), dim=-1)  # (B, P, V)
+        if k == 0:
+            return logp.sum() * 0.0, 0.0
+        bags, keep = phrase_bags(phrases, logp.shape[-1], logp.device)
+        cover = F.adaptive_avg_pool2d(masks[:, None].float(), feats.shape[-2:]).flatten(1)  # (K, P)
+        weight = cover * keep[:, None]
+        ce = -torch.einsum("kv,kpv->kp", bags, logp[batch_index])  # (K, P)
+        return (weight * ce).sum(), float(weight.sum())

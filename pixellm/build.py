@@ -4,7 +4,13 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .codebook import CodebookFusion, PhraseHead, add_codebook_tokens, codebook_token_names
+from .codebook import (
+    CodebookFusion,
+    PhraseHead,
+    RegionWordHead,
+    add_codebook_tokens,
+    codebook_token_names,
+)
 from .config import PixelLMConfig, get_model_config
 from .decoder import PixelDecoder
 from .errors import ConfigError
@@ -80,6 +86,7 @@ def build_model(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBa
     llm, image_id, codebook_ids = _build_llm(cfg, tokenizer, load_weights, dtype)
     d_llm = llm.config.hidden_size if not hasattr(llm, "get_base_model") else llm.get_base_model().config.hidden_size
     cb, dec, loss = cfg.codebook, cfg.decoder, cfg.loss
+    vocab = llm.get_input_embeddings().num_embeddings
     model = PixelLM(
         vision=vision,
         projector=ImageProjector(in_dim=vision.width, out_dim=d_llm, pool=cfg.image_pool),
@@ -94,10 +101,11 @@ def build_model(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBa
         image_token_id=image_id, codebook_ids=codebook_ids, ce_weight=loss.ce_weight,
         bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, refine=loss.refine,
         refine_alpha=loss.refine_alpha, block_ce=loss.block_ce,
-        phrase_head=PhraseHead(in_dim=dec.dim * cb.num_scales,
-                               vocab_size=llm.get_input_embeddings().num_embeddings)
+        phrase_head=PhraseHead(in_dim=dec.dim * cb.num_scales, vocab_size=vocab)
         if loss.phrase_weight > 0 else None,
         phrase_weight=loss.phrase_weight,
+        region_head=RegionWordHead(in_dim=vision.width, vocab_size=vocab) if loss.region_weight > 0 else None,
+        region_weight=loss.region_weight,
     )
     if dtype is not None:
         model.to(dtype)

@@ -81,6 +81,9 @@ class LossConfig:
     # Phrase reconstruction (codebook.PhraseHead, not in PixelLM): the fused target embeddings
     # predict the words of their phrase. 0 turns it off (and builds no head).
     phrase_weight: float = 0.0
+    # Region words (codebook.RegionWordHead, not in PixelLM): the vision tower's deep patch
+    # features under each target's mask predict the words of its phrase. 0: off, no head.
+    region_weight: float = 0.0
 
 
 @dataclass
@@ -126,8 +129,9 @@ class PixelLMConfig:
                 f"codebook.num_scales is {self.codebook.num_scales}")
         if self.codebook.fusion not in ("linear", "mean"):
             raise ConfigError(f"{self.name}: codebook.fusion must be 'linear' or 'mean'")
-        if self.loss.phrase_weight < 0:
-            raise ConfigError(f"{self.name}: loss.phrase_weight must be >= 0, got {self.loss.phrase_weight}")
+        for key in ("phrase_weight", "region_weight"):
+            if getattr(self.loss, key) < 0:
+                raise ConfigError(f"{self.name}: loss.{key} must be >= 0, got {getattr(self.loss, key)}")
         if self.llm.name_or_path is None and self.llm.config is None:
             raise ConfigError(f"{self.name}: llm needs name_or_path or config")
         return self

@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codebook import CodebookFusion, PhraseHead, block_phrases, gather_blocks, parse_blocks
+from .codebook import (
+    CodebookFusion,
+    PhraseHead,
+    RegionWordHead,
+    block_phrases,
+    gather_blocks,
+    parse_blocks,
+)
 from .decoder import PixelDecoder, mask_losses
 from .llm import ImageProjector
 from .vision import VisionTower
@@ -23,8 +30,9 @@ from .vision import VisionTower
 class PixelLMOutput:
     """loss: scalar; parts: name -> detached scalar; text_logits (B, T, V);
     mask_logits (K, h, w) at the decoder grid; batch_index (K,) image of each target.
-    terms: the weighted "text" and "mask" parts of ``loss`` (with graph), and counts: the
-    "tokens" and "masks" they average over, so a multi-process loop can renormalise them."""
+    terms: the weighted parts of ``loss`` (with graph), which sum to it: "text", "mask" and,
+    with a region head, "region"; counts: what each term averages over ("text": tokens,
+    "mask": masks, "region": covered patch weight), so a multi-process loop can renormalise."""
 
     loss: torch.Tensor | None
     parts: dict[str, torch.Tensor]
@@ -33,6 +41,26 @@ class PixelLMOutput:
     batch_index: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def block_questions(labels: torch.Tensor, starts: list[list[int]]) -> torch.Tensor:
+    """The question (turn) of every block, so the target-refinement loss compares only the
+    masks of one question, also in multi-turn sequences.
+
+    Args:
+        labels: (B, T) with -100 outside the answers; each maximal run of other values is one
+            answer (one turn).
+        starts: per row, the start positions of its blocks.
+
+    Returns:
+        (K,) int64 ids, equal for blocks of the same answer of the same row, in block order.
+    """
+    scored = labels != -100  # (B, T)
+    begins = scored.clone()
+    begins[:, 1:] &= ~scored[:, :-1]  # first token of each answer
+    turn = begins.long().cumsum(1)  # (B, T) answers begun up to each position
+    ids = [b * labels.shape[1] + int(turn[b, s]) for b, row in enumerate(starts) for s in row]
+    return torch.tensor(ids, dtype=torch.long)
 
 
 @dataclass
@@ -68,6 +96,8 @@ class PixelLM(nn.Module):
             hidden states then serve the masks alone).
         phrase_head: optional :class:`~pixellm.codebook.PhraseHead`; in training its loss,
             times ``phrase_weight``, joins the mask term (one value per block, like the masks).
+        region_head: optional :class:`~pixellm.codebook.RegionWordHead` on the deepest vision
+            scale; in training its loss, times ``region_weight``, joins the mask term too.
     """
 
     def __init__(self, *, vision: VisionTower, projector: ImageProjector, llm: nn.Module,
@@ -75,7 +105,8 @@ class PixelLM(nn.Module):
                  codebook_ids: list[int], ce_weight: float = 1.0, bce_weight: float = 2.0,
                  dice_weight: float = 0.5, refine: bool = True, refine_alpha: float = 2.0,
                  block_ce: str = "all", phrase_head: PhraseHead | None = None,
-                 phrase_weight: float = 0.0) -> None:
+                 phrase_weight: float = 0.0, region_head: RegionWordHead | None = None,
+                 region_weight: float = 0.0) -> None:
         super().__init__()
         if block_ce not in ("first", "all"):
             raise ValueError(f"block_ce must be 'first' or 'all', got {block_ce!r}")
@@ -89,6 +120,7 @@ class PixelLM(nn.Module):
                              refine_alpha=refine_alpha)
         self.ce_weight = ce_weight
         self.phrase_head, self.phrase_weight = phrase_head, phrase_weight
+        self.region_head, self.region_weight = region_head, region_weight
 
     # -- pieces --------------------------------------------------------------------------
     @property
@@ -153,26 +185,51 @@ class PixelLM(nn.Module):
         mask_logits = self.decoder(feats, targets, batch_index).logits  # (K, h, w)
         out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index)
         if labels is not None and gt_masks is not None:
-            phrase = self._phrase_loss(input_ids, labels, starts, targets)  # before block_ce masks labels
+            aux = self._aux_losses(input_ids, labels, starts, targets, feats[0], gt_masks, batch_index)
+            questions = block_questions(labels, starts).to(batch_index.device)  # before block_ce masks labels
             if self.block_ce == "first":  # the forced rest of each block is not scored
                 labels = labels.masked_fill(torch.isin(input_ids, self._codebook[1:]), -100)
-            out.terms, out.parts = self._loss(text_logits, labels, mask_logits, batch_index, gt_masks)
-            if phrase is not None:
-                out.terms["mask"] = out.terms["mask"] + self.phrase_weight * phrase
-                out.parts["phrase"] = phrase.detach()
-            out.loss = out.terms["text"] + out.terms["mask"]
-            out.counts = {"tokens": int((labels[:, 1:] != -100).sum()), "masks": int(mask_logits.shape[0])}
+            out.terms, out.parts = self._loss(text_logits, labels, mask_logits, questions, gt_masks)
+            out.counts = {"text": int((labels[:, 1:] != -100).sum()), "mask": int(mask_logits.shape[0])}
+            for name, (weight, value, count) in aux.items():
+                if count is None:  # a mean over blocks, like the masks
+                    out.terms["mask"] = out.terms["mask"] + weight * value
+                else:  # its own mean, renormalised on its own
+                    out.terms[name], out.counts[name] = weight * value, count
+                out.parts[name] = value.detach()
+            out.loss = sum(out.terms.values())
         return out
 
-    def _phrase_loss(self, input_ids, labels, starts, targets) -> torch.Tensor | None:
-        """The phrase-reconstruction loss of the batch's blocks, or None when it is off."""
-        if self.phrase_head is None or self.phrase_weight <= 0:
-            return None
+    def _aux_losses(self, input_ids, labels, starts, targets, deep_feats, gt_masks, batch_index
+                    ) -> dict[str, tuple[float, torch.Tensor, float | None]]:
+        """The phrase-supervision losses that are on: name -> (weight, loss, count).
+
+        "phrase": :class:`PhraseHead` on the fused targets (K, L, C), a mean over blocks
+        (count None: it joins the mask term); "region": :class:`RegionWordHead` on
+        ``deep_feats`` (B, C, g, g) under the ground-truth masks, a mean over covered patch
+        weight (count: that weight). Each block's phrase is read from the answer before
+        ``labels`` is masked for block_ce.
+        """
+        on = {name: (head, w) for name, head, w in (("phrase", self.phrase_head, self.phrase_weight),
+                                                     ("region", self.region_head, self.region_weight))
+              if head is not None and w > 0}
+        if not on:
+            return {}
         phrases = [p for row, lab, st in zip(input_ids, labels != -100, starts, strict=True)
                    for p in block_phrases(row, lab, st, self.codebook_ids)]
-        return self.phrase_head.loss(targets, phrases)
+        out = {}
+        if "phrase" in on:
+            out["phrase"] = (self.phrase_weight, self.phrase_head.loss(targets, phrases), None)
+        if "region" in on:
+            masks = (torch.cat([m.to(deep_feats.device) for m in gt_masks]) if gt_masks
+                     else deep_feats.new_zeros(0, *deep_feats.shape[-2:]))
+            if masks.shape[0] != len(phrases):  # the mask loss names this mismatch in full
+                raise ValueError(f"{len(phrases)} codebook blocks in the answers but {masks.shape[0]} gt masks")
+            total, weight = self.region_head.sums(deep_feats, masks, batch_index, phrases)
+            out["region"] = (self.region_weight, total / max(weight, 1e-6), weight)
+        return out
 
-    def _loss(self, text_logits, labels, mask_logits, batch_index, gt_masks):
+    def _loss(self, text_logits, labels, mask_logits, questions, gt_masks):
         ce = F.cross_entropy(text_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                              ignore_index=-100)
         gt = torch.cat([m.to(mask_logits.device) for m in gt_masks]) if gt_masks else mask_logits.new_zeros(0, 1, 1)
@@ -183,7 +240,7 @@ class PixelLM(nn.Module):
             gt = logits.new_zeros(logits.shape)
         elif gt.shape[-2:] != logits.shape[-2:]:  # score at the padded input resolution
             logits = F.interpolate(logits[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        m = mask_losses(logits.float(), gt.float(), batch_index, **self.loss_cfg)
+        m = mask_losses(logits.float(), gt.float(), questions, **self.loss_cfg)
         parts = {"ce": ce.detach(), **{k: v.detach() for k, v in m.items() if k != "mask"}}
         return {"text": self.ce_weight * ce, "mask": m["mask"]}, parts
 

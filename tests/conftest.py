@@ -69,7 +69,7 @@ MICRO_CONFIG = {
                        "max_position_embeddings": 192}, "max_length": 160, "lora": None},
     "codebook": {"num_scales": 2, "tokens_per_scale": 3},
     "decoder": {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "num_output_tokens": 1, "upscale": 4},
-    "loss": {"phrase_weight": 1.0},
+    "loss": {"phrase_weight": 1.0, "region_weight": 1.0},
     "image_pool": 4,
 }
 

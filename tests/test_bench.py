@@ -247,9 +247,11 @@ def test_ablation_variants_parse_with_the_default_budget(tmp_path):
                                                       run_dir=tmp_path / name, train_args=train_args))
         assert (args.steps, args.seed, args.out, args.eval_split) == (7, 3, str(tmp_path / name), "")
         assert args.model == str(ckpt / "config.json") and args.shapes_root == "d"
-        seen.add((args.no_refine, args.tokens_per_scale, args.fusion, args.phrase_weight, args.turns))
-    assert seen == {(True, None, None, None, 3), (False, 1, None, None, 3), (False, None, "mean", None, 3),
-                    (False, None, None, 0.0, 3)}
+        seen.add((args.no_refine, args.tokens_per_scale, args.fusion, args.phrase_weight, args.region_weight,
+                  args.turns))
+    assert seen == {(True, None, None, None, None, 3), (False, 1, None, None, None, 3),
+                    (False, None, "mean", None, None, 3), (False, None, None, 0.0, None, 3),
+                    (False, None, None, None, 0.0, 3)}
     assert budget_note({"steps": 7}, {"n1": {"steps": 2}}).startswith("budget differs")
     assert budget_note({"steps": 7}, {"n1": {"steps": 7}}) is None
 
@@ -266,9 +268,10 @@ def test_ablation_trains_benches_and_tabulates_the_variants(tmp_path, shapes, ch
         assert r["train"]["steps"] == 1 and r["n"] == 3 and r["delta_giou"] is not None
         cfg = json.loads((runs / r["variant"] / "final" / "config.json").read_text())
         got = (cfg["loss"]["refine"], cfg["codebook"]["tokens_per_scale"], cfg["codebook"]["fusion"],
-               cfg["loss"]["phrase_weight"])
-        assert got == {"no_refine": (False, 3, "linear", 1.0), "n1": (True, 1, "linear", 1.0),
-                       "fusion_mean": (True, 3, "mean", 1.0), "no_phrase": (True, 3, "linear", 0.0)}[r["variant"]]
+               cfg["loss"]["phrase_weight"], cfg["loss"]["region_weight"])
+        assert got == {"no_refine": (False, 3, "linear", 1.0, 1.0), "n1": (True, 1, "linear", 1.0, 1.0),
+                       "fusion_mean": (True, 3, "mean", 1.0, 1.0), "no_phrase": (True, 3, "linear", 0.0, 1.0),
+                       "no_region": (True, 3, "linear", 1.0, 0.0)}[r["variant"]]
     assert "budget differs from the default run (2 steps)" in table["note"]
     assert "## Ablation" in (runs / "ablation.md").read_text()
     assert list(out.glob("ablation_pixellm-micro-test_shapes-val_cpu_*.md"))

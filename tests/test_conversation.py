@@ -90,7 +90,7 @@ def test_conversation_item_masks_follow_blocks_and_model_trains_on_it(shapes, fm
     assert int((item.input_ids == tiny_model.codebook_ids[0]).sum()) == item.masks.shape[0]
     batch = collate([conv[0], conv[1]], pad_id=fmt.tokenizer.pad_token_id)
     out = tiny_model(**batch)
-    assert out.counts["masks"] == sum(m.shape[0] for m in batch["gt_masks"])
+    assert out.counts["mask"] == sum(m.shape[0] for m in batch["gt_masks"])
     assert torch.isfinite(out.loss)
 
 

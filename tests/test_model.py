@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pixellm.build import build_model
 from pixellm.config import ConfigError
 from pixellm.data import Encoded, collate
+from pixellm.decoder import DecoderOutput, mask_losses
+from pixellm.model import block_questions
 from pixellm.predictor import PixelLMPredictor
 from pixellm.train.trainable import select_trainable
 
@@ -31,7 +34,7 @@ def test_forward_shapes_zero_one_many(tiny_model):
     assert out.mask_logits.shape == (4, 32, 32)  # 0 + 1 + 3 targets, 8x8 grid upscaled 4x
     assert out.batch_index.tolist() == [1, 2, 2, 2]
     assert out.text_logits.shape[:2] == batch["input_ids"].shape
-    assert set(out.parts) == {"ce", "bce", "dice", "refine", "phrase"}
+    assert set(out.parts) == {"ce", "bce", "dice", "refine", "phrase", "region"}
     assert torch.isfinite(out.loss)
     only_zero = tiny_model(**make_batch(tiny_model, ANSWERS[:1]))
     assert only_zero.mask_logits.shape == (0, 32, 32) and torch.isfinite(only_zero.loss)
@@ -59,7 +62,7 @@ def test_gradients_reach_trainable_parts_and_frozen_parts_stay(tokenizer, small_
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     # lora_B starts at zero, so lora_A only gets gradient from the second step on (checked below)
     for part in ("lora_B", "fusion.scale_weight", "fusion.proj", "projector.", "decoder.", "embed_tokens",
-                 "phrase_head."):
+                 "phrase_head.", "region_head."):
         hit = [n for n in grads if part in n]
         assert hit, part
         assert any(grads[n] is not None and grads[n].abs().sum() > 0 for n in hit), f"no gradient reaches {part}"
@@ -117,7 +120,7 @@ def test_block_ce_first_scores_only_the_block_opening_token(tiny_model):
     every = tiny_model(**batch)
     tiny_model.block_ce = "first"
     first = tiny_model(**batch)
-    assert every.counts["tokens"] - first.counts["tokens"] == k * (block - 1)
+    assert every.counts["text"] - first.counts["text"] == k * (block - 1)
     # same mask loss, different text loss: exactly the CE with forced block tokens ignored
     assert torch.allclose(first.terms["mask"], every.terms["mask"])
     labels = batch["labels"].masked_fill(torch.isin(batch["input_ids"], torch.tensor(tiny_model.codebook_ids[1:])), -100)
@@ -139,6 +142,8 @@ def test_phrase_loss_joins_the_mask_term_and_trains_the_fusion(tiny_model, make_
     cfg = tiny_model.loss_cfg
     mask_only = cfg["bce_weight"] * (parts["bce"] + parts["refine"]) + cfg["dice_weight"] * parts["dice"]
     assert torch.allclose(out.terms["mask"], mask_only + parts["phrase"], atol=1e-6)
+    assert torch.allclose(out.terms["region"], tiny_model.region_weight * parts["region"])
+    assert torch.allclose(out.loss, out.terms["text"] + out.terms["mask"] + out.terms["region"])
     # the phrase loss alone sends gradient through the fusion into the LLM, not into the decoder
     tiny_model.zero_grad()
     phrases = [["purple", "triangle"], ["red", "circle"], [",", "blue", "square"], ["and", "green", "star"]]
@@ -152,3 +157,65 @@ def test_phrase_loss_joins_the_mask_term_and_trains_the_fusion(tiny_model, make_
     assert "phrase" not in off(**make_batch(off, ANSWERS)).parts
     with pytest.raises(ConfigError, match="phrase_weight must be >= 0"):
         small_config(loss={"phrase_weight": -1.0})
+
+
+def test_region_loss_is_its_own_term_and_trains_the_vision_tower(tiny_model, make_tokenizer, small_config):
+    batch = make_batch(tiny_model, ANSWERS)
+    out = tiny_model(**batch)
+    assert tiny_model.region_weight == 1.0 and out.parts["region"] > 0  # pixellm-tiny turns it on
+    # the same value as the head's loss on the deep scale, the batch's masks and the answers' phrases
+    feats = tiny_model.vision(batch["pixels"])
+    words = [["purple", "triangle"], ["red", "circle"], [",", "blue", "square"], ["and", "green", "star"]]
+    ids = [[tiny_model.tokenizer.convert_tokens_to_ids(w) for w in p] for p in words]
+    want = tiny_model.region_head.loss(feats[0], torch.cat(batch["gt_masks"]), out.batch_index, ids)
+    assert torch.allclose(out.parts["region"], want, atol=1e-6)
+    total, weight = tiny_model.region_head.sums(feats[0], torch.cat(batch["gt_masks"]), out.batch_index, ids)
+    assert out.counts["region"] == pytest.approx(weight) and torch.allclose(total / weight, want)
+    assert weight == pytest.approx(float(torch.cat(batch["gt_masks"]).sum()) / 64)  # 8x8-px patches
+    # its gradient reaches the vision tower and nothing downstream of it
+    tiny_model.zero_grad()
+    want.backward()
+    assert tiny_model.vision.visual.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for m in (tiny_model.decoder, tiny_model.fusion, tiny_model.projector, tiny_model.llm)
+               for p in m.parameters())
+    off = build_model(small_config(loss={"region_weight": 0.0}), tokenizer=make_tokenizer())
+    assert off.region_head is None and not any(k.startswith("region_head.") for k in off.state_dict())
+    assert "region" not in off(**make_batch(off, ANSWERS)).parts
+    with pytest.raises(ConfigError, match="region_weight must be >= 0"):
+        small_config(loss={"region_weight": -0.5})
+
+
+def test_block_questions_separate_the_turns_of_a_sequence():
+    # row 0: prompt | answer 1 (2 blocks) | question 2 | answer 2 (1 block); row 1: one answer, 1 block
+    labels = torch.tensor([[-100, -100, 5, 90, 91, 6, 90, 91, -100, -100, 7, 90, 91],
+                           [-100, 8, 90, 91, -100, -100, -100, -100, -100, -100, -100, -100, -100]])
+    got = block_questions(labels, [[3, 6, 11], [2]])
+    assert got[0] == got[1] and got[2] != got[0] and got[3] not in got[:3]
+    assert got.dtype == torch.long and got.shape == (4,)
+
+
+def test_refinement_loss_compares_the_masks_of_one_question_only(tiny_model):
+    """Two turns of one image, one target each, both masks claiming every pixel (a hook makes
+    the logits positive): no question has two masks, so the refinement term is 0; grouping by
+    image would weigh every pixel."""
+    fmt = PixelLMPredictor(tiny_model).formatter
+    ids, labels = fmt.conversation([("which shapes are red?", "red circle {seg}."),
+                                    ("which shapes are round?", "red circle {seg}.")])
+    mask = torch.zeros(2, 64, 64)
+    mask[:, 10:30, 10:30] = 1
+    batch = collate([Encoded(torch.randn(3, 64, 64), torch.tensor(ids), torch.tensor(labels), mask)],
+                    pad_id=tiny_model.tokenizer.pad_token_id)
+    hook = tiny_model.decoder.register_forward_hook(lambda m, i, o: DecoderOutput(o.logits.abs() + 1, o.per_scale))
+    try:
+        out = tiny_model(**batch)
+    finally:
+        hook.remove()
+    assert out.mask_logits.shape[0] == 2 and out.batch_index.tolist() == [0, 0]
+    questions = block_questions(batch["labels"], [[i for i, t in enumerate(batch["input_ids"][0].tolist())
+                                                   if t == tiny_model.codebook_ids[0]]])
+    assert questions[0] != questions[1]
+    logits = F.interpolate(out.mask_logits[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    by_question = mask_losses(logits, mask, questions, **tiny_model.loss_cfg)
+    by_image = mask_losses(logits, mask, out.batch_index, **tiny_model.loss_cfg)
+    assert torch.allclose(out.parts["refine"], by_question["refine"], atol=1e-6)
+    assert by_question["refine"] == 0 and by_image["refine"] > 0

@@ -175,8 +175,9 @@ def test_param_groups_give_the_mask_head_its_own_learning_rate(tiny_model):
     tiny_model.vision.requires_grad_(False)  # frozen parameters are left out
     body, head = param_groups(tiny_model, lr=1e-3, head_lr_mult=3.0)
     assert body["lr"] == 1e-3 and head["lr"] == pytest.approx(3e-3)
-    assert tiny_model.phrase_head is not None  # the phrase head trains with the mask head
-    want_head = {id(p) for m in (tiny_model.fusion, tiny_model.decoder, tiny_model.phrase_head) for p in m.parameters()}
+    assert tiny_model.phrase_head is not None and tiny_model.region_head is not None  # both train with the mask head
+    want_head = {id(p) for m in (tiny_model.fusion, tiny_model.decoder, tiny_model.phrase_head, tiny_model.region_head)
+                 for p in m.parameters()}
     assert {id(p) for p in head["params"]} == want_head
     trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
     assert {id(p) for p in body["params"]} == trainable - want_head

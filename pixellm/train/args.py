@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", choices=["linear", "mean"], default=None, help="override codebook fusion")
     p.add_argument("--phrase-weight", type=float, default=None,
                    help="override the phrase-reconstruction loss weight (0: off; see codebook.PhraseHead)")
+    p.add_argument("--region-weight", type=float, default=None,
+                   help="override the region-words loss weight (0: off; see codebook.RegionWordHead)")
     p.add_argument("--block-ce", choices=["first", "all"], default=None,
                    help="override which codebook tokens the text CE scores (see LossConfig.block_ce)")
     return p

@@ -33,7 +33,8 @@ def model_config(args) -> PixelLMConfig:
     over = {}
     loss = {**({"refine": False} if args.no_refine else {}),
             **({"block_ce": args.block_ce} if args.block_ce else {}),
-            **({"phrase_weight": args.phrase_weight} if args.phrase_weight is not None else {})}
+            **({"phrase_weight": args.phrase_weight} if args.phrase_weight is not None else {}),
+            **({"region_weight": args.region_weight} if args.region_weight is not None else {})}
     if loss:
         over["loss"] = loss
     cb = {}
@@ -129,9 +130,10 @@ def train(args) -> dict:
 
 
 def param_groups(model, *, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW groups: the mask head (codebook fusion, pixel decoder, phrase head) at
+    """AdamW groups: the mask head (codebook fusion, pixel decoder, phrase and region heads) at
     ``lr * head_lr_mult``, every other trainable parameter at ``lr``; frozen ones are left out."""
-    head_modules = (model.fusion, model.decoder, getattr(model, "phrase_head", None))
+    head_modules = (model.fusion, model.decoder, getattr(model, "phrase_head", None),
+                    getattr(model, "region_head", None))
     head = {id(p) for m in head_modules if m is not None for p in m.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr},
@@ -196,7 +198,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         history.append(rec)
         if step % args.log_every == 0 or step == args.steps:
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
-        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "phrase", "lr", "questions_per_s") if k in rec})
+        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "phrase", "region", "lr", "questions_per_s") if k in rec})
         bar.update(1)
         if throttle:
             time.sleep(throttle)
@@ -215,16 +217,18 @@ def count_turns(labels: torch.Tensor) -> int:
 def _global_mean_loss(accelerator, out) -> torch.Tensor:
     """The loss whose DDP-averaged gradient equals one process's on the whole global batch.
 
-    Each process's text (mask) term is a mean over its own tokens (masks); reweighting it by
-    local count * world / global count turns the average of process means into the global mean.
+    Each process's term (text, mask, region) is a mean over its own count (tokens, masks,
+    covered patch weight); reweighting it by local count * world / global count turns the
+    average of process means into the global mean.
     """
     world = accelerator.num_processes
     if world == 1:
         return out.loss
-    local = torch.tensor([out.counts["tokens"], out.counts["masks"]], device=accelerator.device, dtype=torch.float64)
+    names = list(out.terms)
+    local = torch.tensor([float(out.counts[n]) for n in names], device=accelerator.device, dtype=torch.float64)
     total = accelerator.reduce(local.clone(), reduction="sum")
-    w = (local * world / total.clamp(min=1)).float()
-    return out.terms["text"] * w[0] + out.terms["mask"] * w[1]
+    w = (local * world / total.clamp(min=1e-6)).float()
+    return sum(out.terms[n] * w[i] for i, n in enumerate(names))
 
 
 def _mean_over_processes(accelerator, parts: dict[str, float]) -> dict[str, float]:

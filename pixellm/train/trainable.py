@@ -4,13 +4,15 @@ from __future__ import annotations
 from torch import nn
 
 COMPONENTS = ("vision", "projector", "llm", "fusion", "decoder")
+AUX_HEADS = ("phrase_head", "region_head")  # training-only heads, present when configured
 
 
 def trainable_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     """component -> (trainable params, total params); 'lora' counts adapter weights (inside
-    'llm'); 'phrase_head' appears when the model has one."""
+    'llm'); 'phrase_head' / 'region_head' appear when the model has them."""
     out = {}
-    for name in COMPONENTS + (("phrase_head",) if getattr(model, "phrase_head", None) is not None else ()):
+    heads = tuple(h for h in AUX_HEADS if getattr(model, h, None) is not None)
+    for name in COMPONENTS + heads:
         ps = list(getattr(model, name).parameters())
         out[name] = (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
     lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
@@ -32,7 +34,7 @@ def select_trainable(model: nn.Module, *, verbose: bool = True) -> dict[str, tup
     counts = trainable_counts(model)
     if cfg.vision.freeze and counts["vision"][0]:
         raise AssertionError(f"vision tower is configured frozen but has {counts['vision'][0]} trainable params")
-    for name in ("projector", "fusion", "decoder", "phrase_head"):
+    for name in ("projector", "fusion", "decoder") + AUX_HEADS:
         if name in counts and counts[name][0] != counts[name][1]:
             raise AssertionError(f"{name} must train fully: {counts[name]}")
     if cfg.llm.lora is not None:
