@@ -170,8 +170,7 @@ class RegionWordHead(nn.Module):
         k = masks.shape[0]
         if len(phrases) != k or batch_index.shape[0] != k:
             raise ValueError(f"{k} masks, {batch_index.shape[0]} batch indices and {len(phrases)} phrases")
-        g = feats.shape[-1]
-        if masks.shape[-1] % g or masks.shape[-2] % feats.shape[-2]:
+        if masks.shape[-2] % feats.shape[-2] or masks.shape[-1] % feats.shape[-1]:
             raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the patch grid {tuple(feats.shape[-2:])}")
         logp = F.log_softmax(self(feats).float(), dim=-1)  # (B, P, V)
         if k == 0:

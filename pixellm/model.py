@@ -97,7 +97,8 @@ class PixelLM(nn.Module):
         phrase_head: optional :class:`~pixellm.codebook.PhraseHead`; in training its loss,
             times ``phrase_weight``, joins the mask term (one value per block, like the masks).
         region_head: optional :class:`~pixellm.codebook.RegionWordHead` on the deepest vision
-            scale; in training its loss, times ``region_weight``, joins the mask term too.
+            scale; in training its loss, times ``region_weight``, is a term of its own (a mean
+            over covered patches, not over blocks).
     """
 
     def __init__(self, *, vision: VisionTower, projector: ImageProjector, llm: nn.Module,
@@ -185,11 +186,15 @@ class PixelLM(nn.Module):
         mask_logits = self.decoder(feats, targets, batch_index).logits  # (K, h, w)
         out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index)
         if labels is not None and gt_masks is not None:
-            aux = self._aux_losses(input_ids, labels, starts, targets, feats[0], gt_masks, batch_index)
+            gt = (torch.cat([m.to(mask_logits.device) for m in gt_masks]) if gt_masks
+                  else mask_logits.new_zeros(0, *pixels.shape[-2:]))  # (K, S, S)
+            if gt.shape[0] != mask_logits.shape[0]:
+                raise ValueError(f"{mask_logits.shape[0]} codebook blocks in the answers but {gt.shape[0]} gt masks")
+            aux = self._aux_losses(input_ids, labels, starts, targets, feats[0], gt, batch_index)
             questions = block_questions(labels, starts).to(batch_index.device)  # before block_ce masks labels
             if self.block_ce == "first":  # the forced rest of each block is not scored
                 labels = labels.masked_fill(torch.isin(input_ids, self._codebook[1:]), -100)
-            out.terms, out.parts = self._loss(text_logits, labels, mask_logits, questions, gt_masks)
+            out.terms, out.parts = self._loss(text_logits, labels, mask_logits, questions, gt)
             out.counts = {"text": int((labels[:, 1:] != -100).sum()), "mask": int(mask_logits.shape[0])}
             for name, (weight, value, count) in aux.items():
                 if count is None:  # a mean over blocks, like the masks
@@ -200,41 +205,35 @@ class PixelLM(nn.Module):
             out.loss = sum(out.terms.values())
         return out
 
-    def _aux_losses(self, input_ids, labels, starts, targets, deep_feats, gt_masks, batch_index
+    def _aux_losses(self, input_ids, labels, starts, targets, deep_feats, gt, batch_index
                     ) -> dict[str, tuple[float, torch.Tensor, float | None]]:
         """The phrase-supervision losses that are on: name -> (weight, loss, count).
 
         "phrase": :class:`PhraseHead` on the fused targets (K, L, C), a mean over blocks
         (count None: it joins the mask term); "region": :class:`RegionWordHead` on
-        ``deep_feats`` (B, C, g, g) under the ground-truth masks, a mean over covered patch
-        weight (count: that weight). Each block's phrase is read from the answer before
-        ``labels`` is masked for block_ce.
+        ``deep_feats`` (B, C, g, g) under the ground-truth masks ``gt`` (K, S, S), a mean over
+        covered patch weight (count: that weight). Each block's phrase is read from the answer
+        before ``labels`` is masked for block_ce.
         """
-        on = {name: (head, w) for name, head, w in (("phrase", self.phrase_head, self.phrase_weight),
-                                                     ("region", self.region_head, self.region_weight))
-              if head is not None and w > 0}
-        if not on:
+        phrase_on = self.phrase_head is not None and self.phrase_weight > 0
+        region_on = self.region_head is not None and self.region_weight > 0
+        if not (phrase_on or region_on):
             return {}
         phrases = [p for row, lab, st in zip(input_ids, labels != -100, starts, strict=True)
                    for p in block_phrases(row, lab, st, self.codebook_ids)]
         out = {}
-        if "phrase" in on:
+        if phrase_on:
             out["phrase"] = (self.phrase_weight, self.phrase_head.loss(targets, phrases), None)
-        if "region" in on:
-            masks = (torch.cat([m.to(deep_feats.device) for m in gt_masks]) if gt_masks
-                     else deep_feats.new_zeros(0, *deep_feats.shape[-2:]))
-            if masks.shape[0] != len(phrases):  # the mask loss names this mismatch in full
-                raise ValueError(f"{len(phrases)} codebook blocks in the answers but {masks.shape[0]} gt masks")
-            total, weight = self.region_head.sums(deep_feats, masks, batch_index, phrases)
+        if region_on:
+            total, weight = self.region_head.sums(deep_feats, gt, batch_index, phrases)
             out["region"] = (self.region_weight, total / max(weight, 1e-6), weight)
         return out
 
-    def _loss(self, text_logits, labels, mask_logits, questions, gt_masks):
+    def _loss(self, text_logits, labels, mask_logits, questions, gt):
+        """Text CE and mask losses; ``gt`` (K, S, S) holds the masks of the K blocks in order and
+        ``questions`` (K,) the question of each (the refinement loss compares within one)."""
         ce = F.cross_entropy(text_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                              ignore_index=-100)
-        gt = torch.cat([m.to(mask_logits.device) for m in gt_masks]) if gt_masks else mask_logits.new_zeros(0, 1, 1)
-        if gt.shape[0] != mask_logits.shape[0]:
-            raise ValueError(f"{mask_logits.shape[0]} codebook blocks in the answers but {gt.shape[0]} gt masks")
         logits = mask_logits
         if gt.shape[0] == 0:
             gt = logits.new_zeros(logits.shape)
