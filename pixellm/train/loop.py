@@ -58,11 +58,12 @@ def _tokenizer(cfg: PixelLMConfig, sources: dict, run_dir: Path, accelerator):
     if cfg.llm.tokenizer or cfg.llm.name_or_path:
         return load_tokenizer(cfg.llm.tokenizer or cfg.llm.name_or_path)
     path = run_dir / "tokenizer"
-    if not (path / "tokenizer.json").is_file():
-        if accelerator.is_main_process:
-            texts = (t for src in sources.values() for s in src for t in (s.question, s.answer))
-            train_word_tokenizer(texts).save_pretrained(str(path))
-        accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not (path / "tokenizer.json").is_file():
+        texts = (t for src in sources.values() for s in src for t in (s.question, s.answer))
+        train_word_tokenizer(texts).save_pretrained(str(path))
+    # Every process waits, whatever it saw on disk: a rank that found the file only because the
+    # main process had just written it used to skip this barrier and deadlock the next collective.
+    accelerator.wait_for_everyone()
     return load_tokenizer(path)
 
 
