@@ -20,7 +20,7 @@ from ..llm import load_tokenizer, train_word_tokenizer
 from ..prompting import PromptFormatter
 from .checkpointing import list_checkpoints, read_state, save_checkpoint
 from .mixture import MixtureSampler, load_source, parse_mix
-from .trainable import select_trainable
+from .trainable import AUX_HEADS, select_trainable
 
 
 class TrainingDivergedError(RuntimeError):
@@ -133,8 +133,7 @@ def train(args) -> dict:
 def param_groups(model, *, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
     """AdamW groups: the mask head (codebook fusion, pixel decoder, phrase and region heads) at
     ``lr * head_lr_mult``, every other trainable parameter at ``lr``; frozen ones are left out."""
-    head_modules = (model.fusion, model.decoder, getattr(model, "phrase_head", None),
-                    getattr(model, "region_head", None))
+    head_modules = (model.fusion, model.decoder, *(getattr(model, h, None) for h in AUX_HEADS))
     head = {id(p) for m in head_modules if m is not None for p in m.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr},
