@@ -113,6 +113,11 @@ def _set_section(r: dict, files: dict[str, str]) -> list[str]:
     if gen["n_failed"]:
         notes.append(f"{gen['n_failed']} question(s) rejected by the predictor, scored as empty "
                      f"answers (first: {gen['failures'][0]})")
+    if gen.get("duplicate_iou") is not None and gen.get("with_duplicates"):
+        raw = gen["with_duplicates"]
+        notes.append(f"duplicate suppression dropped {gen['n_duplicates']} mask(s) that repeated a "
+                     f"higher-scoring target's (IoU > {_f(gen.get('duplicate_iou'), 2)}); keeping every block's mask "
+                     f"scores gIoU {_f(raw['giou'])} / cIoU {_f(raw['ciou'])}")
     if gen["n_malformed"]:
         notes.append(f"{gen['n_malformed']} generated answer(s) had a broken codebook block (dropped)")
     if tf:

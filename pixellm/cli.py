@@ -8,6 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _iou(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"an IoU in (0, 1], got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixellm-predict", description="Answer a question about an image with one mask per target.")
     p.add_argument("image", help="image file")
@@ -16,7 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write prediction.json and overlay.png here")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--duplicate-iou", type=_iou, default=0.5,
+                   help="drop a target whose mask overlaps a higher-scoring one's with IoU above this")
+    p.add_argument("--keep-duplicates", action="store_true", help="keep every block's mask (no suppression)")
     return p
+
+
+def _target_json(t) -> dict:
+    return {"phrase": t.phrase, "index": t.index, "score": t.score, "bbox_xyxy": list(t.bbox), "rle": t.rle}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .predictor import PixelLMPredictor
 
     try:
-        pred = PixelLMPredictor.from_pretrained(args.checkpoint, device=args.device,
-                                                max_new_tokens=args.max_new_tokens)
+        pred = PixelLMPredictor.from_pretrained(
+            args.checkpoint, device=args.device, max_new_tokens=args.max_new_tokens,
+            duplicate_iou=None if args.keep_duplicates else args.duplicate_iou)
         result = pred.predict(args.image, args.question)
     except (InputError, CheckpointError) as e:
         print(f"pixellm-predict: error: {e}", file=sys.stderr)
@@ -37,14 +52,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(result.answer)
     for t in result.targets:
         print(f"  - {t.phrase!r}: score {t.score:.3f}, bbox {t.bbox}, area {int(t.mask.sum())}")
+    for t in result.duplicates:
+        print(f"  = dropped {t.phrase!r}: its mask repeats a higher-scoring target's")
     for m in result.malformed:
         print(f"  ! dropped {m}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         record = {"image": str(args.image), "question": args.question, "answer": result.answer,
-                  "targets": [{"phrase": t.phrase, "score": t.score, "bbox_xyxy": list(t.bbox), "rle": t.rle}
-                              for t in result.targets], "malformed_blocks": result.malformed}
+                  "targets": [_target_json(t) for t in result.targets],
+                  "duplicates": [_target_json(t) for t in result.duplicates],
+                  "malformed_blocks": result.malformed}
         (out / "prediction.json").write_text(json.dumps(record, indent=2))
         draw_overlay(load_image(args.image), [t.mask for t in result.targets],
                      [f"{i + 1}: {t.phrase}" for i, t in enumerate(result.targets)]).save(out / "overlay.png")

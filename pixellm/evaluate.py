@@ -54,10 +54,10 @@ def _batches(n: int, batch_size: int, progress: bool, desc: str) -> Iterator[lis
         yield list(range(start, min(n, start + batch_size)))
 
 
-def _pred_masks(p: Prediction, h: int, w: int) -> torch.Tensor:
-    if not p.targets:
+def _pred_masks(targets: Sequence, h: int, w: int) -> torch.Tensor:
+    if not targets:
         return torch.zeros(0, h, w, dtype=torch.bool)
-    return torch.from_numpy(np.stack([t.mask for t in p.targets]))
+    return torch.from_numpy(np.stack([t.mask for t in targets]))
 
 
 def _norm(phrases: Sequence[str]) -> list[str]:
@@ -123,17 +123,24 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
          answers with a dropped broken block, "target_phrase_acc": fraction of answers naming
          exactly the true targets (:func:`same_targets`), "phrase_giou": mean
          :func:`phrase_iou` (the answers' text scored as perfect masks of what they name),
-         "examples": [(sample, Prediction), ...]}.
+         "with_duplicates": the "all" metrics of every block's mask (before the predictor's
+         duplicate suppression), "n_duplicates": masks it dropped, "duplicate_iou": its
+         threshold (None: off), "examples": [(sample, Prediction), ...]}. The text measures
+         read every phrase of the answer, duplicates included.
     """
     n = _count(samples, limit)
     scores, examples, failures, malformed, named, text = SplitScores(), [], [], 0, 0, 0.0
+    raw, n_dup = MultiTargetIoU(), 0
     t0 = time.perf_counter()
     for idx in _batches(n, batch_size, progress, "eval"):
         batch = [samples[i] for i in idx]
         for s, p in zip(batch, _predict(predictor, batch, failures), strict=True):
-            scores.update(_pred_masks(p, s.height, s.width), torch.from_numpy(s.masks()))
+            gt = torch.from_numpy(s.masks())
+            scores.update(_pred_masks(p.targets, s.height, s.width), gt)
+            raw.update([_pred_masks(p.targets + p.duplicates, s.height, s.width)], [gt])
+            n_dup += len(p.duplicates)
             malformed += bool(p.malformed)
-            phrases = [t.phrase for t in p.targets]
+            phrases = [t.phrase for t in p.targets + p.duplicates]
             named += same_targets(phrases, s.phrases)
             text += phrase_iou(phrases, s.phrases)
             if len(examples) < keep_predictions:
@@ -142,7 +149,9 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
     return {**scores.compute(), "queries_per_s": n / secs if secs else float("nan"), "n": n,
             "n_failed": len(failures), "failures": failures[:10], "n_malformed": malformed,
             "target_phrase_acc": named / n if n else float("nan"),
-            "phrase_giou": text / n if n else float("nan"), "examples": examples}
+            "phrase_giou": text / n if n else float("nan"), "with_duplicates": raw.compute(),
+            "n_duplicates": n_dup, "duplicate_iou": getattr(predictor, "duplicate_iou", None),
+            "examples": examples}
 
 
 def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tuple[list, list]:

@@ -13,6 +13,7 @@ from .decoder import postprocess_masks
 from .errors import InputError
 from .image_io import ImageLike, load_image, resize_longest_and_pad
 from .model import PixelLM
+from .muse.metrics import pair_stats
 from .prompting import PromptFormatter
 
 
@@ -23,7 +24,8 @@ class Target:
     phrase: the answer phrase before its codebook block. mask: (H, W) bool at the original
     image size. score: confidence in [0, 1] (mean foreground probability of the mask times the
     probability of the block's first token). bbox: XYXY pixel box of the mask (zeros if empty).
-    rle: COCO RLE dict (``counts`` as str) of the mask.
+    rle: COCO RLE dict (``counts`` as str) of the mask. index: position of its block in the
+    answer (0-based; the answer's phrases are ``targets`` and ``duplicates`` merged by index).
     """
 
     phrase: str
@@ -31,16 +33,49 @@ class Target:
     score: float
     bbox: tuple[int, int, int, int]
     rle: dict
+    index: int = 0
 
 
 @dataclass
 class Prediction:
-    """answer: generated text without codebook tokens; targets: one per complete block, in order;
-    malformed: descriptions of dropped truncated/broken blocks (empty when all were complete)."""
+    """answer: generated text without codebook tokens; targets: one per complete block, in answer
+    order, less the duplicates; malformed: descriptions of dropped truncated/broken blocks (empty
+    when all were complete); duplicates: the blocks whose mask repeats a kept target's (see
+    :func:`suppress_duplicates`), kept here so nothing the model wrote is lost."""
 
     answer: str
     targets: list[Target]
     malformed: list[str] = field(default_factory=list)
+    duplicates: list[Target] = field(default_factory=list)
+
+
+def suppress_duplicates(masks: torch.Tensor, scores: Sequence[float], *, iou: float) -> list[int]:
+    """Greedy mask non-maximum suppression over one answer's targets.
+
+    A small LLM sometimes names one object twice, or names an object that is not there and
+    its block then finds the nearest look-alike, which another block already holds: two masks
+    of one object, one of which is a false positive. Targets are visited by descending score
+    (ties in answer order); a target is dropped when its mask overlaps an already kept one
+    with IoU > ``iou`` (two empty masks overlap with IoU 1).
+
+    Args:
+        masks: (K, H, W) bool masks.
+        scores: K confidences.
+        iou: the IoU above which a lower-scoring mask is a duplicate, in (0, 1].
+
+    Returns:
+        indices of the kept targets, ascending (answer order).
+    """
+    if not 0.0 < iou <= 1.0:
+        raise ValueError(f"duplicate IoU threshold must be in (0, 1], got {iou}")
+    if len(scores) != masks.shape[0]:
+        raise ValueError(f"{masks.shape[0]} masks but {len(scores)} scores")
+    overlap = pair_stats(masks, masks)[2].tolist()  # (K, K) IoU
+    kept: list[int] = []
+    for k in sorted(range(len(scores)), key=lambda j: -scores[j]):  # stable: ties in answer order
+        if all(overlap[k][j] <= iou for j in kept):
+            kept.append(k)
+    return sorted(kept)
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -66,10 +101,15 @@ class PixelLMPredictor:
             (blocks can then only be cut by the token budget). A model trained with
             ``loss.block_ce == "first"`` (the default) never learned to write the rest of a
             block itself, so turning this off is only meaningful for ``block_ce == "all"``.
+        duplicate_iou: drop a target whose mask overlaps a higher-scoring target's with IoU
+            above this (:func:`suppress_duplicates`; the dropped ones are in
+            ``Prediction.duplicates``); None keeps every block's mask.
     """
 
     def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None,
-                 constrain_blocks: bool = True) -> None:
+                 constrain_blocks: bool = True, duplicate_iou: float | None = 0.5) -> None:
+        if duplicate_iou is not None and not 0.0 < duplicate_iou <= 1.0:
+            raise ValueError(f"duplicate_iou must be in (0, 1] or None, got {duplicate_iou}")
         self.model = model.eval()
         cfg = model.config
         self.cfg, self.tokenizer = cfg, model.tokenizer
@@ -80,6 +120,7 @@ class PixelLMPredictor:
             max_length=cfg.llm.max_length)
         self.max_new_tokens = max_new_tokens
         self.constrain_blocks = constrain_blocks
+        self.duplicate_iou = duplicate_iou
 
     @classmethod
     def from_pretrained(cls, directory, *, device: str | torch.device | None = None,
@@ -139,11 +180,15 @@ class PixelLMPredictor:
         s = self.cfg.vision.image_size
         logits = postprocess_masks(gen.mask_logits[i].float(), padded_size=(s, s),
                                    valid_size=pre.valid_size, original_size=pre.original_size)
-        probs = logits.sigmoid()
+        probs, fg_masks = logits.sigmoid(), logits > 0
         targets = []
         for k, (phrase, start) in enumerate(zip(phrases, gen.block_starts[i])):
-            mask = (logits[k] > 0).cpu().numpy()
-            fg = float(probs[k][logits[k] > 0].mean()) if mask.any() else 0.0
+            mask = fg_masks[k].cpu().numpy()
+            fg = float(probs[k][fg_masks[k]].mean()) if mask.any() else 0.0
             score = fg * gen.token_probs[i][start]
-            targets.append(Target(phrase, mask, float(score), _bbox(mask), _rle(mask)))
-        return Prediction(answer, targets, list(gen.malformed[i]))
+            targets.append(Target(phrase, mask, float(score), _bbox(mask), _rle(mask), k))
+        kept = (range(len(targets)) if self.duplicate_iou is None or not targets else
+                suppress_duplicates(fg_masks, [t.score for t in targets], iou=self.duplicate_iou))
+        dropped = sorted(set(range(len(targets))) - set(kept))
+        return Prediction(answer, [targets[k] for k in kept], list(gen.malformed[i]),
+                          [targets[k] for k in dropped])

@@ -96,6 +96,7 @@ def test_writes_named_outputs_with_all_metrics(shapes_report):
         assert r["baselines"]["oracle_count_random"]["all"]["count_acc"] == 1.0
         assert r["comparison"]["beats_all_by_margin"] is False  # an untrained model
         assert 0.0 <= gen["target_phrase_acc"] <= gen["phrase_giou"] <= 1.0
+        assert gen["duplicate_iou"] == 0.5 and gen["with_duplicates"]["n_questions"] == 3
     md = (shapes_report / f"bench_pixellm-micro-test_{tag}.md").read_text()
     assert "does NOT beat all three trivial baselines" in md and "4.5 samples/s" in md
     assert "teacher-forced (LISA" in md and "gIoU by number of targets K" in md

@@ -10,6 +10,9 @@ from PIL import Image
 
 from pixellm import CheckpointError, InputError, PixelLM, PixelLMPredictor
 from pixellm.cli import main as predict_main
+from pixellm.evaluate import evaluate_generation
+from pixellm.muse import Sample
+from pixellm.predictor import suppress_duplicates
 
 QUESTION = "which shapes are red?"
 
@@ -50,6 +53,7 @@ class ScriptedHead(torch.nn.Module):
     def __init__(self, script, vocab, eos, embedding):
         super().__init__()
         self.script, self.vocab, self.eos, self.fed = script, vocab, eos, -1
+        self.out_features = vocab  # so a test can script the same model again
         embedding.register_forward_pre_hook(self._count)
 
     def _count(self, module, args):
@@ -62,8 +66,9 @@ class ScriptedHead(torch.nn.Module):
         return out
 
 
-def scripted(model, words_and_blocks, *, max_new_tokens=64, **kw):
-    """Predictor whose LLM emits the script: words, ints (the first n block tokens), lists (raw ids)."""
+def scripted(model, words_and_blocks, *, max_new_tokens=64, duplicate_iou=None, **kw):
+    """Predictor whose LLM emits the script: words, ints (the first n block tokens), lists (raw ids).
+    An untrained decoder gives look-alike masks, so duplicate suppression is off unless asked for."""
     tok = model.tokenizer
     ids = []
     for w in words_and_blocks:
@@ -75,7 +80,7 @@ def scripted(model, words_and_blocks, *, max_new_tokens=64, **kw):
             ids.extend(tok.convert_tokens_to_ids([w]))
     base = model.base_llm
     base.lm_head = ScriptedHead(ids, base.lm_head.out_features, tok.eos_token_id, base.get_input_embeddings())
-    return PixelLMPredictor(model, max_new_tokens=max_new_tokens, **kw)
+    return PixelLMPredictor(model, max_new_tokens=max_new_tokens, duplicate_iou=duplicate_iou, **kw)
 
 
 def test_blocks_become_targets_with_phrases(tiny_model, image):
@@ -128,13 +133,81 @@ def test_predict_and_predict_batch_agree(tiny_model):
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), rng.integers(0, 255, (40, 70, 3), dtype=np.uint8),
               rng.integers(0, 255, (90, 30), dtype=np.uint8)]
     questions = [QUESTION, "find all the stars ?", "what are the two largest shapes which have no corners ?"]
-    pred = PixelLMPredictor(tiny_model, max_new_tokens=20)
+    pred = PixelLMPredictor(tiny_model, max_new_tokens=20, duplicate_iou=None)
     batch = pred.predict_batch(images, questions)
     for img, q, b in zip(images, questions, batch):
         single = pred.predict(img, q)
         assert single.answer == b.answer and len(single.targets) == len(b.targets)
         for s, t in zip(single.targets, b.targets):
             assert (s.mask == t.mask).mean() > 0.995 and abs(s.score - t.score) < 1e-3
+
+
+def test_suppress_duplicates_keeps_the_higher_score_in_answer_order():
+    m = torch.zeros(6, 4, 10, dtype=torch.bool)
+    m[0, :, :4] = True  # A
+    m[1, :, :4] = True
+    m[1, 0, 4] = True  # B: A plus one pixel, IoU 16/17
+    m[2, :, 6:] = True  # C: disjoint
+    m[3, :2, :2] = True  # D: a quarter of A (IoU 0.25 with A and B)
+    # m[4], m[5]: empty, IoU 1 with each other
+    scores = [0.9, 0.95, 0.5, 0.4, 0.3, 0.3]
+    assert suppress_duplicates(m, scores, iou=0.5) == [1, 2, 3, 4]  # A loses to B, the 2nd empty to the 1st
+    assert suppress_duplicates(m, scores, iou=0.25) == [1, 2, 3, 4]  # IoU 0.25 is not above 0.25
+    assert suppress_duplicates(m, scores, iou=0.2) == [1, 2, 4]
+    assert suppress_duplicates(m, [0.9, 0.9, 0.5, 0.4, 0.3, 0.3], iou=0.5) == [0, 2, 3, 4]  # tie: answer order
+    assert suppress_duplicates(m[:0], [], iou=0.5) == []
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        suppress_duplicates(m, scores, iou=0.0)
+    with pytest.raises(ValueError, match="6 masks but 2 scores"):
+        suppress_duplicates(m, scores[:2], iou=0.5)
+
+
+def _three_blocks_two_alike(model, monkeypatch, **kw):
+    """Scripted answer with 3 blocks whose decoder masks are: left third (logit 2), right third,
+    left third again (logit 5, so the surer copy)."""
+    kw.setdefault("duplicate_iou", 0.5)
+    pred = scripted(model, ["red", "circle", 6, ",", "blue", "square", 6, "and", "green", "star", 6, "."], **kw)
+    s = model.config.vision.image_size
+
+    def decode(feats, block_hidden, batch_index):
+        logits = torch.full((block_hidden.shape[0], s, s), -5.0)
+        logits[0::3, :, : s // 3] = 2.0
+        logits[1::3, :, -(s // 3):] = 2.0
+        logits[2::3, :, : s // 3] = 5.0
+        return logits
+
+    monkeypatch.setattr(model, "decode_masks", decode)
+    return pred
+
+
+def test_duplicate_masks_are_dropped_but_kept_aside(tiny_model, image, monkeypatch):
+    p = _three_blocks_two_alike(tiny_model, monkeypatch).predict(image, QUESTION)
+    assert p.answer == "red circle, blue square and green star."
+    assert [(t.phrase, t.index) for t in p.targets] == [("blue square", 1), ("green star", 2)]
+    assert [(t.phrase, t.index) for t in p.duplicates] == [("red circle", 0)]
+    assert np.array_equal(p.duplicates[0].mask, p.targets[1].mask) and p.targets[1].mask[:, :10].all()
+    raw = _three_blocks_two_alike(tiny_model, monkeypatch, duplicate_iou=None).predict(image, QUESTION)
+    assert [t.index for t in raw.targets] == [0, 1, 2] and raw.duplicates == []
+    with pytest.raises(ValueError, match="duplicate_iou"):
+        PixelLMPredictor(tiny_model, duplicate_iou=1.5)
+
+
+def test_evaluation_scores_kept_targets_and_reports_the_duplicates(tiny_model, image, monkeypatch, tmp_path):
+    Image.fromarray(image).save(tmp_path / "img.png")
+    left = np.zeros((1, 48, 80), dtype=bool)
+    left[0, :, :26] = True  # what the left-third mask covers at 48 x 80
+    sample = Sample(image_path=tmp_path / "img.png", question=QUESTION, answer="red circle {seg}.",
+                    phrases=("red circle",), height=48, width=80, image_id=1, question_index=0,
+                    source="test", _load_masks=lambda: left)
+    pred = _three_blocks_two_alike(tiny_model, monkeypatch)
+    assert pred.predict(image, QUESTION).targets[1].mask.sum() == left.sum()
+    pred = _three_blocks_two_alike(tiny_model, monkeypatch)  # a fresh script
+    m = evaluate_generation(pred, [sample], progress=False)
+    # kept: right third (IoU 0 with nothing) + left third (IoU 1): mean over max(2, 1) pairs
+    assert m["all"]["giou"] == pytest.approx(0.5) and m["all"]["count_acc"] == 0.0
+    assert m["with_duplicates"]["giou"] == pytest.approx(1 / 3) and m["n_duplicates"] == 1
+    assert m["duplicate_iou"] == 0.5
+    assert m["phrase_giou"] == pytest.approx(1 / 3)  # the text counts every phrase it wrote
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
@@ -203,7 +276,11 @@ def test_cli_end_to_end(saved, tmp_path, image, capsys):
     assert rec["answer"] == capsys.readouterr().out.splitlines()[0]
     overlay = Image.open(tmp_path / "out" / "overlay.png")
     assert overlay.mode == "RGB" and overlay.width >= 80
+    assert isinstance(rec["duplicates"], list)
     assert predict_main([str(tmp_path / "none.png"), QUESTION, "--checkpoint", str(saved)]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        predict_main([str(img_path), QUESTION, "--checkpoint", str(saved), "--duplicate-iou", "0"])
+    assert exit_.value.code == 2 and "an IoU in (0, 1], got 0" in capsys.readouterr().err
 
 
 class RowHead(torch.nn.Module):

@@ -48,11 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                "train_questions_per_s": hist[-1]["questions_per_s"] if hist else None,
                "eval_split": args.eval_split, "eval": m["all"], "zero_target": m["zero_target"],
                "target_phrase_acc": m["target_phrase_acc"], "phrase_giou": m["phrase_giou"],
+               "with_duplicates": m["with_duplicates"], "n_duplicates": m["n_duplicates"],
                "eval_queries_per_s": m["queries_per_s"], "final_checkpoint": result["final"]}
     from pathlib import Path
 
     Path(args.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))
     print(_table(args.eval_split, m))
+    raw = m["with_duplicates"]
+    print(f"duplicate masks dropped: {m['n_duplicates']}; with them kept: gIoU {raw['giou']:.3f}, "
+          f"cIoU {raw['ciou']:.3f}")
     print(f"train {train_secs / 60:.1f} min, {summary['train_samples_per_s']:.1f} sequences/s "
           f"({summary['train_questions_per_s']:.1f} questions/s); "
           f"eval {m['queries_per_s']:.1f} queries/s; model: {result['final']}")
