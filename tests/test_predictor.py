@@ -148,7 +148,7 @@ def test_suppress_duplicates_keeps_the_higher_score_in_answer_order():
     m[1, :, :4] = True
     m[1, 0, 4] = True  # B: A plus one pixel, IoU 16/17
     m[2, :, 6:] = True  # C: disjoint
-    m[3, :2, :2] = True  # D: a quarter of A (IoU 0.25 with A and B)
+    m[3, :2, :2] = True  # D: IoU 4/16 with A, 4/17 with B
     # m[4], m[5]: empty, IoU 1 with each other
     scores = [0.9, 0.95, 0.5, 0.4, 0.3, 0.3]
     assert suppress_duplicates(m, scores, iou=0.5) == [1, 2, 3, 4]  # A loses to B, the 2nd empty to the 1st
