@@ -152,7 +152,12 @@ def test_suppress_duplicates_keeps_the_higher_score_in_answer_order():
     # m[4], m[5]: empty, IoU 1 with each other
     scores = [0.9, 0.95, 0.5, 0.4, 0.3, 0.3]
     assert suppress_duplicates(m, scores, iou=0.5) == [1, 2, 3, 4]  # A loses to B, the 2nd empty to the 1st
-    assert suppress_duplicates(m, scores, iou=0.25) == [1, 2, 3, 4]  # IoU 0.25 is not above 0.25
+    assert suppress_duplicates(m, scores, iou=0.25) == [1, 2, 3, 4]
+    half = torch.zeros(2, 2, 4, dtype=torch.bool)
+    half[0, :, :2] = True
+    half[1] = True  # IoU exactly 4/8
+    assert suppress_duplicates(half, [0.9, 0.8], iou=0.5) == [0, 1]  # 0.5 is not above 0.5
+    assert suppress_duplicates(half, [0.9, 0.8], iou=0.49) == [0]
     assert suppress_duplicates(m, scores, iou=0.2) == [1, 2, 4]
     assert suppress_duplicates(m, [0.9, 0.9, 0.5, 0.4, 0.3, 0.3], iou=0.5) == [0, 2, 3, 4]  # tie: answer order
     assert suppress_duplicates(m[:0], [], iou=0.5) == []
