@@ -43,6 +43,15 @@ class PixelLMOutput:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def answer_starts(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: True at the first token of each answer, a maximal run of ``labels`` that
+    are not -100 (one per turn of a conversation)."""
+    scored = labels != -100
+    begins = scored.clone()
+    begins[:, 1:] &= ~scored[:, :-1]
+    return begins
+
+
 def block_questions(labels: torch.Tensor, starts: list[list[int]]) -> torch.Tensor:
     """The question (turn) of every block, so the target-refinement loss compares only the
     masks of one question, also in multi-turn sequences.
@@ -55,10 +64,7 @@ def block_questions(labels: torch.Tensor, starts: list[list[int]]) -> torch.Tens
     Returns:
         (K,) int64 ids, equal for blocks of the same answer of the same row, in block order.
     """
-    scored = labels != -100  # (B, T)
-    begins = scored.clone()
-    begins[:, 1:] &= ~scored[:, :-1]  # first token of each answer
-    turn = begins.long().cumsum(1)  # (B, T) answers begun up to each position
+    turn = answer_starts(labels).long().cumsum(1)  # (B, T) answers begun up to each position
     ids = [b * labels.shape[1] + int(turn[b, s]) for b, row in enumerate(starts) for s in row]
     return torch.tensor(ids, dtype=torch.long)
 

@@ -17,6 +17,7 @@ from ..build import build_model
 from ..config import PixelLMConfig, add_model_config, get_model_config
 from ..data import ConversationDataset, collate, pack_turns
 from ..llm import load_tokenizer, train_word_tokenizer
+from ..model import answer_starts
 from ..prompting import PromptFormatter
 from .checkpointing import list_checkpoints, read_state, save_checkpoint
 from .mixture import MixtureSampler, load_source, parse_mix
@@ -210,8 +211,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
 
 def count_turns(labels: torch.Tensor) -> int:
     """Questions in a batch: the supervised (answer) runs of ``labels`` (B, T), one per turn."""
-    sup = labels != -100
-    return int(sup[:, :1].sum() + (sup[:, 1:] & ~sup[:, :-1]).sum())
+    return int(answer_starts(labels).sum())
 
 
 def _global_mean_loss(accelerator, out) -> torch.Tensor:
