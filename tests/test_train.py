@@ -59,6 +59,22 @@ def test_same_seed_same_losses_and_loss_falls(reference_run, tmp_path, shapes, m
     assert [p.name for p in sorted(reference_run.glob("step-*"))] == ["step-4", "step-8"]
 
 
+def test_run_tokenizer_knows_the_prompt_template(reference_run, shapes):
+    """The tiny run's word tokenizer is trained on the template too: a known question's prompt
+    has no <unk> (it used to encode "answer:" as two, the id of every unknown word)."""
+    from pixellm.config import LLMConfig
+    from pixellm.llm import load_tokenizer
+    from pixellm.muse import load_split
+    from pixellm.prompting import PromptFormatter
+
+    tok = load_tokenizer(reference_run / "tokenizer")
+    fmt = PromptFormatter(tokenizer=tok, template=LLMConfig().prompt_template, num_image_tokens=4,
+                          block="", max_length=64)
+    question = load_split(shapes, "train")[0].question
+    assert tok.unk_token_id not in fmt.prompt_ids(question) + fmt.followup_ids(question)
+    assert tok.unk_token_id in fmt.prompt_ids(question + " zebra")
+
+
 def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path, shapes, micro_cfg):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "pixellm.train.main", *args(run, shapes, micro_cfg, "--steps", "8")]

@@ -5,6 +5,7 @@ import json
 import os
 import time
 from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -60,7 +61,10 @@ def _tokenizer(cfg: PixelLMConfig, sources: dict, run_dir: Path, accelerator):
         return load_tokenizer(cfg.llm.tokenizer or cfg.llm.name_or_path)
     path = run_dir / "tokenizer"
     if accelerator.is_main_process and not (path / "tokenizer.json").is_file():
-        texts = (t for src in sources.values() for s in src for t in (s.question, s.answer))
+        # The prompt template's own words ("answer:") too: unseen, they would encode as <unk>,
+        # the same id as any unknown word in a user's question.
+        template = cfg.llm.prompt_template.format(image="", question="")
+        texts = chain([template], (t for src in sources.values() for s in src for t in (s.question, s.answer)))
         train_word_tokenizer(texts).save_pretrained(str(path))
     # Every process waits, whatever it saw on disk: a rank that found the file only because the
     # main process had just written it used to skip this barrier and deadlock the next collective.
