@@ -27,12 +27,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install the project (torch pinned by constraints.txt)
 
-data: $(STAMP) ## Generate the default procedural MUSE-format dataset under data/ (skips if present)
-	@if [ -f $(DATA)/muse_train.json ]; then echo "$(DATA) exists (delete it to regenerate)"; \
-	else $(BIN)/pixellm-data --out $(DATA); fi
+data: $(STAMP) ## Generate the default procedural MUSE-format dataset under data/ (skips if up to date)
+	$(BIN)/pixellm-data --out $(DATA) --if-stale
 
-train: $(STAMP) ## Install, generate data if missing, train pixellm-tiny on CPU, evaluate on val, print the table
-	@[ -f $(DATA)/muse_train.json ] || $(BIN)/pixellm-data --out $(DATA)
+train: $(STAMP) ## Install, generate data if missing or stale, train pixellm-tiny on CPU, evaluate on val, print the table
+	$(BIN)/pixellm-data --out $(DATA) --if-stale
 	$(BIN)/pixellm-train --model pixellm-tiny --shapes-root $(DATA) --out $(RUN) $(TRAIN_ARGS)
 
 flops: $(STAMP) ## Compute report: FLOPs (meta device), CPU/GPU latency -> benchmarks/results/

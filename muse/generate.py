@@ -146,6 +146,7 @@ def generate_dataset(config: GenConfig, out: str | pathlib.Path, *, workers: int
     """
     start = time.perf_counter()
     out = pathlib.Path(out)
+    (out / "meta.json").unlink(missing_ok=True)  # written last: its presence marks a complete run
     entries = _run(_jobs(config, out), workers)
     train_counts = export.category_image_counts(e for e in entries if e.split == "train")
     for split in SPLIT_CODES:
@@ -157,6 +158,24 @@ def generate_dataset(config: GenConfig, out: str | pathlib.Path, *, workers: int
     meta = _meta(config, records, time.perf_counter() - start)
     _dump(meta, out / "meta.json", indent=2)
     return meta
+
+
+def stale_reason(config: GenConfig, out: str | pathlib.Path) -> str | None:
+    """Why ``out`` does not hold exactly what ``config`` generates (None: it does).
+
+    A finished generation ends by writing ``meta.json`` with its config, so a missing or
+    unreadable one means nothing (or an interrupted run) is there.
+    """
+    path = pathlib.Path(out) / "meta.json"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))["config"]
+    except FileNotFoundError:
+        return f"{path} not found"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{path} unreadable ({type(e).__name__}: {e})"
+    new = json.loads(json.dumps(asdict(config)))
+    diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    return f"generated with other settings ({', '.join(diff)})" if diff else None
 
 
 def _meta(config: GenConfig, records: dict[str, list[dict]], seconds: float) -> dict:
@@ -199,6 +218,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=d.image_size, help="square side in px")
     p.add_argument("--questions-per-image", type=int, default=d.questions_per_image)
     p.add_argument("--workers", type=int, default=2, help="rendering processes")
+    p.add_argument("--if-stale", action="store_true",
+                   help="do nothing if --out already holds a complete generation with these settings")
     return p
 
 
@@ -208,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = GenConfig(seed=args.seed, image_size=args.image_size, train=args.train,
                        val=args.val, test=args.test,
                        questions_per_image=args.questions_per_image)
+    if args.if_stale:
+        reason = stale_reason(config, args.out)
+        if reason is None:
+            print(f"{args.out} is up to date (delete it to regenerate)")
+            return 0
+        print(f"generating {args.out}: {reason}")
     meta = generate_dataset(config, args.out, workers=args.workers)
     print(summary(meta))
     print(f"written to {pathlib.Path(args.out).resolve()}")

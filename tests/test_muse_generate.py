@@ -188,3 +188,23 @@ def test_cli_prints_statistics(tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["seed"] == 7 and meta["splits"]["train"]["images"] == 3
     assert len(list((out / "images" / "train").glob("*.png"))) == 3
+
+
+def test_cli_if_stale_skips_only_a_complete_matching_generation(tmp_path, capsys):
+    out = tmp_path / "stale"
+    argv = ["--out", str(out), "--train", "3", "--val", "1", "--test", "2", "--workers", "1", "--if-stale"]
+    assert main(argv) == 0
+    assert "meta.json not found" in capsys.readouterr().out
+    stamp = (out / "muse_train.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert (out / "muse_train.json").stat().st_mtime_ns == stamp  # nothing rewritten
+
+    assert main([*argv, "--seed", "1"]) == 0  # other settings: regenerated, and says why
+    assert "seed 0 -> 1" in capsys.readouterr().out
+    assert json.loads((out / "meta.json").read_text())["seed"] == 1
+
+    (out / "meta.json").write_text("{broken")  # e.g. a run killed while writing it
+    assert main([*argv, "--seed", "1"]) == 0
+    assert "unreadable" in capsys.readouterr().out
+    assert json.loads((out / "meta.json").read_text())["seed"] == 1
