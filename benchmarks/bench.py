@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-args", default="", help='the default run\'s pixellm-train arguments, e.g. "--steps 1500 --seed 0"')
     p.add_argument("--ablation-out", type=Path, default=None, help="variant runs (default: <checkpoint>/../ablation)")
     p.add_argument("--retrain", action="store_true", help="train variants again even if their runs exist")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated ablation variants to train and bench (default: all of {', '.join(VARIANTS)})")
     return p
 
 
@@ -158,7 +160,7 @@ def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
     default_val = default_val or evaluate_generation(predictor, val.samples, **kw)
     rows = [_ablation_row("default", (), default_val, training_stats(checkpoint.parent))]
     train_args = shlex.split(args.train_args)
-    for name in VARIANTS:
+    for name in selected_variants(args.variants):
         run = out_dir / name
         argv = variant_argv(name, checkpoint=checkpoint, shapes_root=args.data, run_dir=run,
                             train_args=train_args)
@@ -173,6 +175,17 @@ def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
     note = budget_note(rows[0]["train"], {r["variant"]: r["train"] for r in rows[1:]})
     return {"split": val.name, "train_args": train_args, "runs": str(out_dir), "rows": rows,
             "note": note}
+
+
+def selected_variants(spec: str) -> list[str]:
+    """The variant names of a ``--variants`` list, in the order given; InputError on an unknown
+    or repeated name, or an empty list."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise InputError(f"--variants {spec!r}: give distinct names among {', '.join(VARIANTS)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return names
 
 
 def _ablation_row(name: str, flags, gen: dict, train: dict | None) -> dict:
@@ -213,6 +226,7 @@ def _setup(args: argparse.Namespace) -> tuple[Path, list[EvalSet], EvalSet | Non
     checkpoint = check_checkpoint(args.checkpoint)
     sets, val = eval_sets(args), None
     if args.ablation:  # the variants train and bench on the generated data
+        selected_variants(args.variants)  # a typo fails now, not after the benchmark
         val = next((es for es in sets if es.name == "shapes-val"), None) or muse_sets(
             "shapes", args.data, ["val"], strict=not args.lenient_data)[0]
     predictor = PixelLMPredictor.from_pretrained(checkpoint, device=args.device, dtype=_dtype(args),

@@ -240,6 +240,21 @@ def test_compare_requires_the_margin_on_both_metrics():
     assert not compare({"giou": 0.8, "ciou": 0.6}, base, 0.15)["beats_all_by_margin"]
 
 
+def test_ablation_runs_only_the_chosen_variants(tmp_path, shapes, checkpoint, capsys):
+    out, runs = tmp_path / "res", tmp_path / "ablation"
+    argv = ["--checkpoint", str(checkpoint), "--data", str(shapes), "--splits", "val", "--out", str(out),
+            *FAST, "--no-teacher-forced", "--examples", "0", "--ablation", "--ablation-out", str(runs),
+            "--train-args", "--steps 1 --batch-size 2 --warmup 1 --threads 1 --no-progress"]
+    assert main([*argv, "--variants", "n1,no_refine"]) == 0
+    assert [r["variant"] for r in strict_json(runs / "ablation.json")["rows"]] == ["default", "n1", "no_refine"]
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["n1", "no_refine"]
+    written = sorted(out.iterdir())
+    for bad in ("n1,n2", "n1,n1", ","):
+        assert main([*argv, "--variants", bad]) == 2
+        assert "--variants" in capsys.readouterr().err
+    assert sorted(out.iterdir()) == written  # refused before benching anything
+
+
 def test_ablation_variants_parse_with_the_default_budget(tmp_path):
     ckpt, train_args = tmp_path / "run" / "final", ["--steps", "7", "--seed", "3", "--out", "elsewhere"]
     seen = set()
