@@ -198,3 +198,14 @@ def test_param_groups_give_the_mask_head_its_own_learning_rate(tiny_model):
     trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
     assert {id(p) for p in body["params"]} == trainable - want_head
     assert not any(id(p) in trainable for p in tiny_model.vision.parameters())
+
+
+def test_param_groups_give_the_vision_tower_its_own_learning_rate(tiny_model):
+    from pixellm.train.loop import param_groups
+    body, head, vision = param_groups(tiny_model, lr=1e-3, head_lr_mult=2.0, vision_lr_mult=3.0)
+    assert (body["lr"], head["lr"], vision["lr"]) == (1e-3, pytest.approx(2e-3), pytest.approx(3e-3))
+    assert {id(p) for p in vision["params"]} == {id(p) for p in tiny_model.vision.parameters()}
+    grouped = [id(p) for g in (body, head, vision) for p in g["params"]]
+    assert len(grouped) == len(set(grouped))  # no parameter in two groups
+    assert set(grouped) == {id(p) for p in tiny_model.parameters() if p.requires_grad}
+    assert not {id(p) for p in body["params"]} & {id(p) for p in tiny_model.vision.parameters()}

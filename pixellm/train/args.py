@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--head-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier of the mask head (codebook fusion + pixel decoder)")
+    p.add_argument("--vision-lr-mult", type=float, default=1.0,
+                   help="learning-rate multiplier of the vision tower")
     p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95))
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--warmup", type=int, default=100)

@@ -104,7 +104,8 @@ def train(args) -> dict:
     dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=cfg.vision.image_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
     accelerator.print(f"{len(samples)} questions in {len(groups)} conversations (up to {args.turns} turns)")
-    opt = torch.optim.AdamW(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult),
+    opt = torch.optim.AdamW(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult,
+                                         vision_lr_mult=args.vision_lr_mult),
                             betas=tuple(args.betas), weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(
         _lr_lambda, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio))
@@ -135,14 +136,17 @@ def train(args) -> dict:
     return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator}
 
 
-def param_groups(model, *, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
+def param_groups(model, *, lr: float, head_lr_mult: float = 1.0, vision_lr_mult: float = 1.0) -> list[dict]:
     """AdamW groups: the mask head (codebook fusion, pixel decoder, phrase and region heads) at
-    ``lr * head_lr_mult``, every other trainable parameter at ``lr``; frozen ones are left out."""
+    ``lr * head_lr_mult``, the vision tower at ``lr * vision_lr_mult``, every other trainable
+    parameter (projector, LLM) at ``lr``; frozen ones are left out."""
     head_modules = (model.fusion, model.decoder, *(getattr(model, h, None) for h in AUX_HEADS))
     head = {id(p) for m in head_modules if m is not None for p in m.parameters()}
+    vision = {id(p) for p in model.vision.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in head], "lr": lr},
-              {"params": [p for p in trainable if id(p) in head], "lr": lr * head_lr_mult}]
+    groups = [{"params": [p for p in trainable if id(p) not in head and id(p) not in vision], "lr": lr},
+              {"params": [p for p in trainable if id(p) in head], "lr": lr * head_lr_mult},
+              {"params": [p for p in trainable if id(p) in vision], "lr": lr * vision_lr_mult}]
     return [g for g in groups if g["params"]]
 
 
