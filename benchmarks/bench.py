@@ -163,7 +163,7 @@ def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
     for name in selected_variants(args.variants):
         run = out_dir / name
         argv = variant_argv(name, checkpoint=checkpoint, shapes_root=args.data, run_dir=run,
-                            train_args=train_args)
+                            train_args=train_args, progress=not args.no_progress)
         final = train_variant(name, run, argv, retrain=args.retrain)
         pred = PixelLMPredictor.from_pretrained(final, device=args.device, dtype=_dtype(args),
                                                 max_new_tokens=args.max_new_tokens)

@@ -61,7 +61,7 @@ def training_stats(run_dir: str | Path) -> dict | None:
 
 
 def variant_argv(name: str, *, checkpoint: str | Path, shapes_root: str | Path,
-                 run_dir: str | Path, train_args: Sequence[str] = ()) -> list[str]:
+                 run_dir: str | Path, train_args: Sequence[str] = (), progress: bool = True) -> list[str]:
     """``pixellm-train`` arguments of one ablation variant.
 
     Args:
@@ -72,13 +72,16 @@ def variant_argv(name: str, *, checkpoint: str | Path, shapes_root: str | Path,
         train_args: the default run's training arguments (seed, steps, batch size...); they
             may override ``--model`` / ``--shapes-root`` but never the variant, ``--out`` or
             the evaluation (the benchmark evaluates).
+        progress: False adds ``--no-progress`` (``pixellm-bench --no-progress`` passes it on,
+            so a logged ablation holds no progress bars).
     Returns:
         argv for :func:`pixellm.train.main.main`.
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown ablation variant {name!r}; known: {', '.join(VARIANTS)}")
     return ["--model", str(Path(checkpoint) / "config.json"), "--shapes-root", str(shapes_root),
-            *train_args, *VARIANTS[name], "--out", str(run_dir), "--eval-split", ""]
+            *train_args, *VARIANTS[name], "--out", str(run_dir), "--eval-split", "",
+            *(() if progress else ("--no-progress",))]
 
 
 def train_variant(name: str, run_dir: Path, argv: list[str], *, retrain: bool = False) -> Path:

@@ -262,12 +262,15 @@ def test_ablation_variants_parse_with_the_default_budget(tmp_path):
         args = build_parser().parse_args(variant_argv(name, checkpoint=ckpt, shapes_root="d",
                                                       run_dir=tmp_path / name, train_args=train_args))
         assert (args.steps, args.seed, args.out, args.eval_split) == (7, 3, str(tmp_path / name), "")
-        assert args.model == str(ckpt / "config.json") and args.shapes_root == "d"
+        assert args.model == str(ckpt / "config.json") and args.shapes_root == "d" and not args.no_progress
         seen.add((args.no_refine, args.tokens_per_scale, args.fusion, args.phrase_weight, args.region_weight,
                   args.turns))
     assert seen == {(True, None, None, None, None, 3), (False, 1, None, None, None, 3),
                     (False, None, "mean", None, None, 3), (False, None, None, 0.0, None, 3),
                     (False, None, None, None, 0.0, 3)}
+    quiet = build_parser().parse_args(variant_argv("n1", checkpoint=ckpt, shapes_root="d", run_dir=tmp_path,
+                                                   progress=False))
+    assert quiet.no_progress  # pixellm-bench --no-progress reaches the variants' training
     assert budget_note({"steps": 7}, {"n1": {"steps": 2}}).startswith("budget differs")
     assert budget_note({"steps": 7}, {"n1": {"steps": 7}}) is None
 
