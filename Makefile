@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/shapes
 RUN ?= checkpoints/pixellm-tiny
 JOBS ?= 2
+TRAIN_BUDGET ?= 15.5
 TRAIN_ARGS ?=
 BENCH_ARGS ?=
 FLOPS_ARGS ?=
@@ -32,7 +33,7 @@ data: $(STAMP) ## Generate the default procedural MUSE-format dataset under data
 
 train: $(STAMP) ## Install, generate data if missing or stale, train pixellm-tiny on CPU, evaluate on val, print the table
 	$(BIN)/pixellm-data --out $(DATA) --if-stale
-	$(BIN)/pixellm-train --model pixellm-tiny --shapes-root $(DATA) --out $(RUN) $(TRAIN_ARGS)
+	$(BIN)/pixellm-train --model pixellm-tiny --shapes-root $(DATA) --out $(RUN) --time-budget $(TRAIN_BUDGET) $(TRAIN_ARGS)
 
 flops: $(STAMP) ## Compute report: FLOPs (meta device), CPU/GPU latency -> benchmarks/results/
 	$(BIN)/pixellm-flops --out benchmarks/results $(FLOPS_ARGS)

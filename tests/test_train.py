@@ -209,3 +209,48 @@ def test_param_groups_give_the_vision_tower_its_own_learning_rate(tiny_model):
     assert len(grouped) == len(set(grouped))  # no parameter in two groups
     assert set(grouped) == {id(p) for p in tiny_model.parameters() if p.requires_grad}
     assert not {id(p) for p in body["params"]} & {id(p) for p in tiny_model.vision.parameters()}
+
+
+def test_fitted_steps_and_the_stretched_schedule():
+    from pixellm.train.budget import WarmupLinearDecay, fitted_steps, probe_window
+    assert fitted_steps(100, done=20, elapsed=10.0, pace=0.5, budget=100.0) == 100  # 10 + 80 * 0.5 fits
+    assert fitted_steps(100, done=20, elapsed=10.0, pace=1.0, budget=60.0) == 70
+    assert fitted_steps(100, done=20, elapsed=70.0, pace=1.0, budget=60.0) == 20  # already over: stop here
+    assert fitted_steps(100, done=20, elapsed=10.0, pace=0.0, budget=60.0) == 100
+    assert probe_window(100, 1900) == (15, 60) and probe_window(2, 40) == (5, 20)
+    assert probe_window(30, 30) is None  # nothing left to fit after the window
+    s = WarmupLinearDecay(warmup=10, total=110, min_ratio=0.1)
+    assert s(0) == pytest.approx(0.1) and s(10) == 1.0 and s(110) == pytest.approx(0.1)
+    assert s(60) == pytest.approx(0.55)
+    s.total = 60  # shortened: the decay reaches its end at the new total
+    assert s(35) == pytest.approx(0.55) and s(60) == pytest.approx(0.1) and s(80) == pytest.approx(0.1)
+
+
+def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shapes, micro_cfg, capsys,
+                                                                  monkeypatch):
+    """On a clock that reads 1 s a step, 40 steps cannot fit 30 s: after the timing window (steps
+    5-20) the run is cut to 30 steps, its decay ends there, and a resumed run keeps that length
+    and the losses of the run it resumes."""
+    import itertools
+    import shutil
+
+    from pixellm.train import loop
+    monkeypatch.setattr(loop, "_clock", itertools.count().__next__)  # t0 = 0, step k ends at k s
+    run = tmp_path / "budget"
+    budget = args(run, shapes, micro_cfg, "--steps", "40", "--time-budget", "0.5", "--save-every", "3",
+                  "--keep", "50")
+    assert train_main(budget) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [r["step"] for r in hist] == list(range(1, 31))
+    assert "time budget: 30 of 40 steps fit in 0.5 min at 1.000 s a step" in capsys.readouterr().out
+    assert hist[-1]["lr"] == pytest.approx(3e-3 * 0.05)  # the stretched decay ended at the new length
+    assert hist[19]["lr"] == pytest.approx(3e-3 * (1 - 0.95 * 18 / 28))  # stretched from step 20 on
+    assert json.loads((run / "step-30" / "trainer.json").read_text())["total_steps"] == 30
+    for k in (24, 27, 30):
+        shutil.rmtree(run / f"step-{k}")
+    shutil.rmtree(run / "final")
+    assert train_main([*budget, "--resume"]) == 0
+    resumed = losses(run)
+    assert list(resumed) == list(range(22, 31))  # resumed after step 21, ended at the cut length
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(hist[step - 1]["loss"], rel=1e-5, abs=1e-6), step

@@ -16,8 +16,12 @@ _STEP = re.compile(r"^step-(\d+)$")
 STATE_NAME = "trainer.json"
 
 
-def save_checkpoint(accelerator, run_dir: Path, *, step: int, sample_pos: int, keep: int = 2) -> Path:
-    """Save model/optimizer/scheduler/RNG + data position for ``step``; keep the last ``keep``."""
+def save_checkpoint(accelerator, run_dir: Path, *, step: int, sample_pos: int, keep: int = 2,
+                    total_steps: int | None = None) -> Path:
+    """Save model/optimizer/scheduler/RNG + data position for ``step``; keep the last ``keep``.
+
+    ``total_steps``, the run's length (which ``--time-budget`` may have lowered), is recorded too.
+    """
     final = run_dir / f"step-{step}"
     tmp = run_dir / f".tmp-step-{step}"
     if accelerator.is_main_process and tmp.exists():
@@ -25,7 +29,9 @@ def save_checkpoint(accelerator, run_dir: Path, *, step: int, sample_pos: int, k
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / STATE_NAME).write_text(json.dumps({"step": step, "sample_pos": sample_pos}))
+        state = {"step": step, "sample_pos": sample_pos,
+                 **({"total_steps": total_steps} if total_steps is not None else {})}
+        (tmp / STATE_NAME).write_text(json.dumps(state))
         with open(tmp / STATE_NAME) as f:
             os.fsync(f.fileno())
         if final.exists():
@@ -47,5 +53,5 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def read_state(ckpt: Path) -> dict:
-    """{"step": int, "sample_pos": int} of a checkpoint."""
+    """{"step": int, "sample_pos": int[, "total_steps": int]} of a checkpoint."""
     return json.loads((ckpt / STATE_NAME).read_text())

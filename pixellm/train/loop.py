@@ -20,9 +20,12 @@ from ..data import ConversationDataset, collate, pack_turns
 from ..llm import load_tokenizer, train_word_tokenizer
 from ..model import answer_starts
 from ..prompting import PromptFormatter
+from .budget import WarmupLinearDecay, fitted_steps, probe_window
 from .checkpointing import list_checkpoints, read_state, save_checkpoint
 from .mixture import MixtureSampler, load_source, parse_mix
 from .trainable import AUX_HEADS, select_trainable
+
+_clock = time.perf_counter  # what the throughput figures and --time-budget read (tests replace it)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -72,13 +75,6 @@ def _tokenizer(cfg: PixelLMConfig, sources: dict, run_dir: Path, accelerator):
     return load_tokenizer(path)
 
 
-def _lr_lambda(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return max(min_ratio, 1.0 - (1.0 - min_ratio) * frac)
-
-
 def train(args) -> dict:
     """Train per ``args`` (see :mod:`pixellm.train.args`); returns a summary dict."""
     if args.threads:
@@ -107,15 +103,18 @@ def train(args) -> dict:
     opt = torch.optim.AdamW(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult,
                                          vision_lr_mult=args.vision_lr_mult),
                             betas=tuple(args.betas), weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(
-        _lr_lambda, warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio))
+    schedule = WarmupLinearDecay(warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model, opt = accelerator.prepare(model, opt)
     accelerator.register_for_checkpointing(sched)
     step, pos = 0, 0
     if args.resume and (ckpts := list_checkpoints(run_dir)):
         accelerator.load_state(str(ckpts[-1]))
-        step, pos = read_state(ckpts[-1])["step"], read_state(ckpts[-1])["sample_pos"]
-        accelerator.print(f"resumed from {ckpts[-1]} at step {step}")
+        state = read_state(ckpts[-1])
+        step, pos = state["step"], state["sample_pos"]
+        # A run that --time-budget shortened keeps its length (and so its schedule) on resume.
+        schedule.total = min(args.steps, state.get("total_steps", args.steps)) if args.time_budget else args.steps
+        accelerator.print(f"resumed from {ckpts[-1]} at step {step} of {schedule.total}")
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = args.batch_size * world * args.grad_accum
     lengths = _approx_lengths(samples, cfg.block_len)
@@ -127,13 +126,15 @@ def train(args) -> dict:
                         collate_fn=partial(collate, pad_id=tok.pad_token_id))
     accelerator.init_trackers("pixellm", config={k: str(v) for k, v in vars(args).items()})
     history = _loop(args, accelerator, model, opt, sched, iter(loader), step, global_batch, run_dir)
+    steps = schedule.total
     final = run_dir / "final"
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final)
         (run_dir / "history.json").write_text(json.dumps(history))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and (multi-process) the process group
-    return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator}
+    return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator,
+            "steps": steps, "planned_steps": args.steps}
 
 
 def param_groups(model, *, lr: float, head_lr_mult: float = 1.0, vision_lr_mult: float = 1.0) -> list[dict]:
@@ -171,13 +172,17 @@ def _approx_lengths(samples, block_len: int) -> list[int]:
 
 
 def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir) -> list[dict]:
-    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or not accelerator.is_main_process,
+    """Optimizer steps up to the schedule's ``total`` (which ``--time-budget`` may lower once)."""
+    schedule = sched.lr_lambdas[0]
+    bar = tqdm(total=schedule.total, initial=step, disable=args.no_progress or not accelerator.is_main_process,
                desc="train", dynamic_ncols=True, mininterval=2.0)
-    history, t0, seen, questions = [], time.perf_counter(), 0, 0
+    history, t0, seen, questions = [], _clock(), 0, 0
+    window = probe_window(args.warmup, schedule.total) if args.time_budget > 0 else None
+    probe_t0 = None
     # Debug throttle (seconds per step) so a test can land a SIGKILL mid-run; 0 in normal use.
     throttle = float(os.environ.get("PIXELLM_TEST_STEP_SLEEP", "0"))
     model.train()
-    while step < args.steps:
+    while step < schedule.total:
         parts_sum: dict[str, float] = {}
         for _ in range(args.grad_accum):
             batch = _to_device(next(it), accelerator.device)
@@ -196,25 +201,48 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
                 opt.zero_grad(set_to_none=True)
             for k, v in {"loss": loss.detach(), **out.parts}.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / args.grad_accum
-        sched.step()
         step += 1
         seen += global_batch
-        elapsed = time.perf_counter() - t0
+        elapsed = _clock() - t0
+        if window and step == window[0]:
+            probe_t0 = elapsed
+        if window and step == window[1] and probe_t0 is not None:  # before sched.step(), so the
+            _fit_budget(args, accelerator, schedule, step=step, elapsed=elapsed,  # next lr follows a cut
+                        pace=(elapsed - probe_t0) / (window[1] - window[0]))
+            bar.total = schedule.total
+        sched.step()
         means = _mean_over_processes(accelerator, {**parts_sum, "questions": float(questions)})  # one collective
         total_questions = means.pop("questions") * accelerator.num_processes
         rec = {"step": step, "lr": sched.get_last_lr()[0], **means,
                "samples_per_s": seen / elapsed, "questions_per_s": total_questions / elapsed}
         history.append(rec)
-        if step % args.log_every == 0 or step == args.steps:
+        if step % args.log_every == 0 or step == schedule.total:
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
         bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "phrase", "region", "lr", "questions_per_s") if k in rec})
         bar.update(1)
         if throttle:
             time.sleep(throttle)
-        if step % args.save_every == 0 or step == args.steps:
-            save_checkpoint(accelerator, run_dir, step=step, sample_pos=step * global_batch, keep=args.keep)
+        if step % args.save_every == 0 or step == schedule.total:
+            save_checkpoint(accelerator, run_dir, step=step, sample_pos=step * global_batch, keep=args.keep,
+                            total_steps=schedule.total)
     bar.close()
     return history
+
+
+def _fit_budget(args, accelerator, schedule: WarmupLinearDecay, *, step: int, elapsed: float, pace: float) -> None:
+    """Shorten the run once if its remaining steps would overrun ``--time-budget`` at ``pace``.
+
+    Every process takes the slowest process's figures, so all settle on the same length.
+    """
+    if accelerator.num_processes > 1:
+        t = accelerator.gather(torch.tensor([[elapsed, pace]], device=accelerator.device, dtype=torch.float64))
+        elapsed, pace = t.max(0).values.tolist()
+    fit = fitted_steps(schedule.total, done=step, elapsed=elapsed, pace=pace, budget=args.time_budget * 60)
+    if fit < schedule.total:
+        accelerator.print(
+            f"time budget: {fit} of {schedule.total} steps fit in {args.time_budget:g} min at "
+            f"{pace:.3f} s a step; the learning-rate decay now ends at step {fit}")
+        schedule.total = fit
 
 
 def count_turns(labels: torch.Tensor) -> int:
