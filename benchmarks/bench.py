@@ -35,7 +35,15 @@ import torch
 from pixellm.errors import CheckpointError, InputError
 
 from .baselines import evaluate_baselines
-from .runs import DESCRIPTIONS, VARIANTS, budget_note, train_variant, training_stats, variant_argv
+from .runs import (
+    DESCRIPTIONS,
+    VARIANTS,
+    budget_note,
+    train_variant,
+    training_stats,
+    variant_argv,
+    with_default_steps,
+)
 from .sources import MUSE_SPLITS, SHAPES_SPLITS, EvalSet, muse_sets, refcoco_sets
 
 WIDE_MARGIN = 0.15  # gIoU and cIoU points over the best baseline that count as "wide"
@@ -159,7 +167,7 @@ def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
     kw = dict(batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress)
     default_val = default_val or evaluate_generation(predictor, val.samples, **kw)
     rows = [_ablation_row("default", (), default_val, training_stats(checkpoint.parent))]
-    train_args = shlex.split(args.train_args)
+    train_args = with_default_steps(shlex.split(args.train_args), rows[0]["train"])
     for name in selected_variants(args.variants):
         run = out_dir / name
         argv = variant_argv(name, checkpoint=checkpoint, shapes_root=args.data, run_dir=run,

@@ -54,10 +54,23 @@ def training_stats(run_dir: str | Path) -> dict | None:
     if eval_path.is_file():
         ev = json.loads(eval_path.read_text())
         for key in ("train_samples_per_s", "steps", "train_seconds"):
-            if stats[key] is None and ev.get(key) is not None:
+            # eval.json's "steps" is the run's whole length (history.json holds only what the
+            # last process ran, after a --resume)
+            if ev.get(key) is not None and (stats[key] is None or key == "steps"):
                 stats[key] = ev[key]
         stats["source"].append(str(eval_path))
     return stats if stats["source"] else None
+
+
+def with_default_steps(train_args: Sequence[str], default: dict | None) -> list[str]:
+    """``train_args`` plus ``--steps N``, N the default run's recorded length, unless they set
+    ``--steps`` themselves: a default run that ``--time-budget`` shortened on a slow machine
+    is then compared with variants of its own length, not of the planned one."""
+    args = list(train_args)
+    steps = default and default.get("steps")
+    if steps and not any(a == "--steps" or a.startswith("--steps=") for a in args):
+        args += ["--steps", str(steps)]
+    return args
 
 
 def variant_argv(name: str, *, checkpoint: str | Path, shapes_root: str | Path,

@@ -12,7 +12,13 @@ from pycocotools import mask as mask_utils
 
 from pixellm.benchmarks.baselines import InstanceIndex, oracle_count_random
 from pixellm.benchmarks.bench import compare, main
-from pixellm.benchmarks.runs import VARIANTS, budget_note, variant_argv
+from pixellm.benchmarks.runs import (
+    VARIANTS,
+    budget_note,
+    training_stats,
+    variant_argv,
+    with_default_steps,
+)
 from pixellm.train.args import build_parser
 
 SPLITS = ("val", "test_less", "test_many", "multi_ref")
@@ -273,6 +279,23 @@ def test_ablation_variants_parse_with_the_default_budget(tmp_path):
     assert quiet.no_progress  # pixellm-bench --no-progress reaches the variants' training
     assert budget_note({"steps": 7}, {"n1": {"steps": 2}}).startswith("budget differs")
     assert budget_note({"steps": 7}, {"n1": {"steps": 7}}) is None
+
+
+def test_variants_train_as_many_steps_as_the_default_ran(tmp_path):
+    """A default run that --time-budget cut to 1234 steps: its variants get --steps 1234 unless
+    the training arguments name a step count themselves."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.json").write_text(json.dumps([{"step": s, "samples_per_s": 2.0} for s in (1001, 1002)]))
+    (run / "eval.json").write_text(json.dumps({"steps": 1234, "planned_steps": 1900}))
+    stats = training_stats(run)
+    assert stats["steps"] == 1234  # the run's length, not the 2 records a --resume left in history.json
+    argv = variant_argv("n1", checkpoint=run / "final", shapes_root="d", run_dir=tmp_path / "n1",
+                        train_args=with_default_steps(["--seed", "3"], stats))
+    assert build_parser().parse_args(argv).steps == 1234
+    assert with_default_steps(["--steps", "7"], stats) == ["--steps", "7"]
+    assert with_default_steps(["--steps=7"], stats) == ["--steps=7"]
+    assert with_default_steps(["--seed", "3"], None) == ["--seed", "3"]
 
 
 def test_ablation_trains_benches_and_tabulates_the_variants(tmp_path, shapes, checkpoint):
