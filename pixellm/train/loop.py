@@ -206,9 +206,12 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         elapsed = _clock() - t0
         if window and step == window[0]:
             probe_t0 = elapsed
-        if window and step == window[1] and probe_t0 is not None:  # before sched.step(), so the
-            _fit_budget(args, accelerator, schedule, step=step, elapsed=elapsed,  # next lr follows a cut
-                        pace=(elapsed - probe_t0) / (window[1] - window[0]))
+        if window and step == window[1] and probe_t0 is not None:
+            # before sched.step(), so that the next learning rate already follows a cut
+            pace = (elapsed - probe_t0) / (window[1] - window[0])
+            note = _fit_budget(args, accelerator, schedule, step=step, elapsed=elapsed, pace=pace)
+            if note and accelerator.is_main_process:
+                bar.write(note)  # a line of its own, not part of the progress bar's
             bar.total = schedule.total
         sched.step()
         means = _mean_over_processes(accelerator, {**parts_sum, "questions": float(questions)})  # one collective
@@ -229,20 +232,23 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
     return history
 
 
-def _fit_budget(args, accelerator, schedule: WarmupLinearDecay, *, step: int, elapsed: float, pace: float) -> None:
+def _fit_budget(args, accelerator, schedule: WarmupLinearDecay, *, step: int, elapsed: float,
+                pace: float) -> str | None:
     """Shorten the run once if its remaining steps would overrun ``--time-budget`` at ``pace``.
 
     Every process takes the slowest process's figures, so all settle on the same length.
+    Returns a note saying so, or None when the run fits.
     """
     if accelerator.num_processes > 1:
         t = accelerator.gather(torch.tensor([[elapsed, pace]], device=accelerator.device, dtype=torch.float64))
         elapsed, pace = t.max(0).values.tolist()
     fit = fitted_steps(schedule.total, done=step, elapsed=elapsed, pace=pace, budget=args.time_budget * 60)
-    if fit < schedule.total:
-        accelerator.print(
-            f"time budget: {fit} of {schedule.total} steps fit in {args.time_budget:g} min at "
+    if fit >= schedule.total:
+        return None
+    note = (f"time budget: {fit} of {schedule.total} steps fit in {args.time_budget:g} min at "
             f"{pace:.3f} s a step; the learning-rate decay now ends at step {fit}")
-        schedule.total = fit
+    schedule.total = fit
+    return note
 
 
 def count_turns(labels: torch.Tensor) -> int:
