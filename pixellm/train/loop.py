@@ -126,7 +126,6 @@ def train(args) -> dict:
                         collate_fn=partial(collate, pad_id=tok.pad_token_id))
     accelerator.init_trackers("pixellm", config={k: str(v) for k, v in vars(args).items()})
     history = _loop(args, accelerator, model, opt, sched, iter(loader), step, global_batch, run_dir)
-    steps = schedule.total
     final = run_dir / "final"
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final)
@@ -134,7 +133,7 @@ def train(args) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and (multi-process) the process group
     return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator,
-            "steps": steps, "planned_steps": args.steps}
+            "steps": schedule.total, "planned_steps": args.steps}
 
 
 def param_groups(model, *, lr: float, head_lr_mult: float = 1.0, vision_lr_mult: float = 1.0) -> list[dict]:
