@@ -222,15 +222,42 @@ def test_fitted_steps_and_the_stretched_schedule():
     s = WarmupLinearDecay(warmup=10, total=110, min_ratio=0.1)
     assert s(0) == pytest.approx(0.1) and s(10) == 1.0 and s(110) == pytest.approx(0.1)
     assert s(60) == pytest.approx(0.55)
-    s.total = 60  # shortened: the decay reaches its end at the new total
+    s.shorten(60, at=10)  # cut at the end of warm-up: the whole decay is stretched to the new total
     assert s(35) == pytest.approx(0.55) and s(60) == pytest.approx(0.1) and s(80) == pytest.approx(0.1)
+    s = WarmupLinearDecay(warmup=10, total=110, min_ratio=0.1)
+    s.shorten(80, at=60)  # cut mid-decay: from the factor it had reached (0.55) to the end at 80
+    assert s(60) == pytest.approx(0.55) and s(70) == pytest.approx(0.325) and s(80) == pytest.approx(0.1)
+    s.shorten(70, at=70)  # a second cut goes on from where the first left off
+    assert s(70) == pytest.approx(0.325) and s(75) == 0.1
+
+
+def test_time_budget_cuts_again_when_the_machine_slows_down(tmp_path, shapes, micro_cfg, capsys, monkeypatch):
+    """1 s a step until step 20, then 3 s: 60 steps fit 90 s at the timing window's pace, but by
+    step 40 (80 s, 2.14 s a step since step 5) only 4 more do. The run is cut there to 44 steps;
+    the rates already used stay those of the 60-step plan and the decay ends at step 44."""
+    times = iter([*range(21), *range(23, 1000, 3)])  # t0 = 0; step k ends at k s, then 3 s a step
+    from pixellm.train import loop
+    monkeypatch.setattr(loop, "_clock", lambda: next(times))
+    run = tmp_path / "slow"
+    assert train_main(args(run, shapes, micro_cfg, "--steps", "60", "--time-budget", "1.5",
+                           "--save-every", "100")) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [r["step"] for r in hist] == list(range(1, 45))
+    out = capsys.readouterr().out
+    assert "time budget: 44 of 60 steps fit in 1.5 min at 2.143 s a step" in out
+    assert out.count("time budget:") == 1  # no cut at step 20, where the pace still fit
+    plan = [3e-3 * (1 - 0.95 * (k - 2) / 58) for k in range(2, 41)]  # lr of step k + 1 (k = 2..40)
+    assert [r["lr"] for r in hist[1:40]] == pytest.approx(plan)
+    assert hist[41]["lr"] == pytest.approx((plan[-1] + 3e-3 * 0.05) / 2)
+    assert hist[-1]["lr"] == pytest.approx(3e-3 * 0.05)
+    assert json.loads((run / "step-44" / "trainer.json").read_text())["total_steps"] == 44
 
 
 def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shapes, micro_cfg, capsys,
                                                                   monkeypatch):
     """On a clock that reads 1 s a step, 40 steps cannot fit 30 s: after the timing window (steps
-    5-20) the run is cut to 30 steps, its decay ends there, and a resumed run keeps that length
-    and the losses of the run it resumes."""
+    5-20) the run is cut to 30 steps, its decay goes on from step 20's rate and ends there, and a
+    resumed run keeps that length and the losses of the run it resumes."""
     import itertools
     import shutil
 
@@ -244,7 +271,10 @@ def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shap
     assert [r["step"] for r in hist] == list(range(1, 31))
     assert "time budget: 30 of 40 steps fit in 0.5 min at 1.000 s a step" in capsys.readouterr().out
     assert hist[-1]["lr"] == pytest.approx(3e-3 * 0.05)  # the stretched decay ended at the new length
-    assert hist[19]["lr"] == pytest.approx(3e-3 * (1 - 0.95 * 18 / 28))  # stretched from step 20 on
+    # the rates of steps 1-20 are those of the 40-step plan; from there the decay reaches its end at 30
+    assert hist[18]["lr"] == pytest.approx(3e-3 * (1 - 0.95 * 17 / 38))
+    assert hist[19]["lr"] == pytest.approx(3e-3 * (1 - 0.95 * 18 / 38))
+    assert hist[24]["lr"] == pytest.approx(3e-3 * ((1 - 0.95 * 18 / 38) + 0.05) / 2)
     assert json.loads((run / "step-30" / "trainer.json").read_text())["total_steps"] == 30
     for k in (24, 27, 30):
         shutil.rmtree(run / f"step-{k}")

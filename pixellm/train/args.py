@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1900, help="optimizer steps (default: ~14 min on 2 CPU cores)")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="MIN",
                    help="wall-clock minutes for the optimizer steps (0: off); if --steps would not fit at "
-                        "the pace timed during warm-up, the run is shortened once and its lr decay "
-                        "stretched to the new end (see pixellm.train.budget)")
+                        "the pace timed from warm-up on (checked again as the run goes), the run is "
+                        "shortened and its lr decay ends at the new end (see pixellm.train.budget)")
     p.add_argument("--batch-size", type=int, default=8, help="micro-batch per process (sequences; each holds up to --turns questions)")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--turns", type=int, default=3,

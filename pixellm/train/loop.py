@@ -176,7 +176,8 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
     bar = tqdm(total=schedule.total, initial=step, disable=args.no_progress or not accelerator.is_main_process,
                desc="train", dynamic_ncols=True, mininterval=2.0)
     history, t0, seen, questions = [], _clock(), 0, 0
-    window = probe_window(args.warmup, schedule.total) if args.time_budget > 0 else None
+    # The budget is fitted in a fresh run only: a resumed one keeps the length it was given.
+    window = probe_window(args.warmup, schedule.total) if args.time_budget > 0 and step == 0 else None
     probe_t0 = None
     # Debug throttle (seconds per step) so a test can land a SIGKILL mid-run; 0 in normal use.
     throttle = float(os.environ.get("PIXELLM_TEST_STEP_SLEEP", "0"))
@@ -205,9 +206,10 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         elapsed = _clock() - t0
         if window and step == window[0]:
             probe_t0 = elapsed
-        if window and step == window[1] and probe_t0 is not None:
-            # before sched.step(), so that the next learning rate already follows a cut
-            pace = (elapsed - probe_t0) / (window[1] - window[0])
+        if probe_t0 is not None and step >= window[1] and (step - window[1]) % window[1] == 0:
+            # At the window's end, then every window's length of steps (the machine may slow
+            # down later); before sched.step(), so that the next learning rate follows a cut.
+            pace = (elapsed - probe_t0) / (step - window[0])
             note = _fit_budget(args, accelerator, schedule, step=step, elapsed=elapsed, pace=pace)
             if note and accelerator.is_main_process:
                 bar.write(note)  # a line of its own, not part of the progress bar's
@@ -233,7 +235,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
 
 def _fit_budget(args, accelerator, schedule: WarmupLinearDecay, *, step: int, elapsed: float,
                 pace: float) -> str | None:
-    """Shorten the run once if its remaining steps would overrun ``--time-budget`` at ``pace``.
+    """Shorten the run if its remaining steps would overrun ``--time-budget`` at ``pace``.
 
     Every process takes the slowest process's figures, so all settle on the same length.
     Returns a note saying so, or None when the run fits.
@@ -246,7 +248,7 @@ def _fit_budget(args, accelerator, schedule: WarmupLinearDecay, *, step: int, el
         return None
     note = (f"time budget: {fit} of {schedule.total} steps fit in {args.time_budget:g} min at "
             f"{pace:.3f} s a step; the learning-rate decay now ends at step {fit}")
-    schedule.total = fit
+    schedule.shorten(fit, at=step)
     return note
 
 
