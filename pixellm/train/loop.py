@@ -171,7 +171,7 @@ def _approx_lengths(samples, block_len: int) -> list[int]:
 
 
 def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir) -> list[dict]:
-    """Optimizer steps up to the schedule's ``total`` (which ``--time-budget`` may lower once)."""
+    """Optimizer steps up to the schedule's ``total`` (which ``--time-budget`` may lower as the run goes)."""
     schedule = sched.lr_lambdas[0]
     bar = tqdm(total=schedule.total, initial=step, disable=args.no_progress or not accelerator.is_main_process,
                desc="train", dynamic_ncols=True, mininterval=2.0)
