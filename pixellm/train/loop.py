@@ -206,7 +206,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
         elapsed = _clock() - t0
         if window and step == window[0]:
             probe_t0 = elapsed
-        if probe_t0 is not None and step >= window[1] and (step - window[1]) % window[1] == 0:
+        if probe_t0 is not None and step >= window[1] and step % window[1] == 0:
             # At the window's end, then every window's length of steps (the machine may slow
             # down later); before sched.step(), so that the next learning rate follows a cut.
             pace = (elapsed - probe_t0) / (step - window[0])
