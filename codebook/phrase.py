@@ -163,6 +163,52 @@ class RegionWordHead(nn.Module):
         total, weight = self.sums(feats, masks, batch_index, phrases)
         return total / max(weight, 1e-6)
 
+    def object_loss(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
+                    phrases: Sequence[Sequence[int]]) -> Tensor:
+        """Object words: the mask-pooled patch features of each target predict its phrase's bag.
+
+        Used to pre-train the vision tower (:mod:`pixellm.train.warmup`): pooling lets all the
+        patches an object covers name it together, which a tower learns faster than every
+        patch naming it alone (:meth:`loss`). As the read-out is linear, the pooled logits are
+        the coverage-weighted mean of the patch logits :meth:`loss` scores, so the two losses
+        train the same head.
+
+        Args:
+            feats: (B, C, g, g) patch features (with graph).
+            masks: (K, H, W) float {0, 1} masks, H and W multiples of g.
+            batch_index: (K,) image of each target.
+            phrases: K lists of token ids; repeats count once.
+
+        Returns:
+            float32 scalar ``mean_k -sum_v q_k[v] log softmax(W f_k + b)[v]``, ``f_k`` the
+            features averaged with weights = the fraction of each patch mask k covers, over the
+            targets with a non-empty phrase and mask; 0 (attached to the graph) when none.
+        """
+        total, count = self.object_sums(feats, masks, batch_index, phrases)
+        return total / max(count, 1)
+
+    def object_sums(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
+                    phrases: Sequence[Sequence[int]]) -> tuple[Tensor, int]:
+        """The numerator and denominator of :meth:`object_loss`: (sum over the scored targets
+        (with graph), their number), so processes holding parts of a batch can form the mean."""
+        k = masks.shape[0]
+        if len(phrases) != k or batch_index.shape[0] != k:
+            raise ValueError(f"{k} masks, {batch_index.shape[0]} batch indices and {len(phrases)} phrases")
+        if masks.shape[-2] % feats.shape[-2] or masks.shape[-1] % feats.shape[-1]:
+            raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the patch grid {tuple(feats.shape[-2:])}")
+        if k == 0:
+            return feats.sum() * 0.0, 0
+        cover = F.adaptive_avg_pool2d(masks[:, None].float(), feats.shape[-2:]).flatten(1)  # (K, P)
+        area = cover.sum(1)
+        pooled = torch.einsum("kp,kcp->kc", cover / area.clamp(min=1e-6)[:, None],
+                              feats.flatten(2)[batch_index])  # (K, C)
+        logp = F.log_softmax(self.proj(pooled).float(), dim=-1)
+        bags, keep = phrase_bags(phrases, logp.shape[-1], logp.device)
+        keep = keep & (area > 0)
+        if not bool(keep.any()):
+            return logp.sum() * 0.0, 0
+        return -(bags[keep] * logp[keep]).sum(), int(keep.sum())
+
     def sums(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
              phrases: Sequence[Sequence[int]]) -> tuple[Tensor, float]:
         """The numerator and denominator of :meth:`loss`: ``(sum_kp w_kp ce_kp`` (with graph),

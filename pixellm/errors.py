@@ -11,3 +11,7 @@ class CheckpointError(RuntimeError):
 
 class ConfigError(ValueError):
     """A model config is unknown or malformed."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A training loss became NaN/inf; the run stops (naming the step) instead of going on."""

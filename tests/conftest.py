@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -78,3 +79,20 @@ MICRO_CONFIG = {
 def micro_config() -> dict:
     """A fresh copy of the micro config dict (name "pixellm-micro-test")."""
     return copy.deepcopy(MICRO_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """A tiny generated dataset (24 train images of 32 px) in the MUSE/LVIS layout."""
+    from pixellm.muse import GenConfig, generate_dataset
+    out = tmp_path_factory.mktemp("shapes")
+    generate_dataset(GenConfig(seed=3, train=24, val=6, test=6, image_size=32), out, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def micro_cfg(tmp_path_factory, micro_config):
+    """The micro config written to a JSON file (``--model PATH``)."""
+    path = tmp_path_factory.mktemp("cfg") / "micro.json"
+    path.write_text(json.dumps(micro_config))
+    return path

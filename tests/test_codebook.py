@@ -341,3 +341,31 @@ def test_region_head_learns_to_name_the_patches_under_each_mask():
     top2 = head(feats).topk(2, dim=-1).indices.sort(-1).values  # (2, 4 patches, 2)
     assert top2[0, 0].tolist() == [0, 4] and top2[0, 3].tolist() == [1, 5]
     assert top2[1, 1].tolist() == [2, 6] and top2[1, 2].tolist() == [3, 7]
+
+
+def test_region_head_object_loss_pools_the_covered_patches_before_the_read_out():
+    """Each target's features are the coverage-weighted mean of the patches under its mask,
+    in its own image; the loss is the mean soft cross-entropy of their read-out over targets
+    with a phrase and a non-empty mask (= the coverage-weighted mean of the patch logits)."""
+    torch.manual_seed(0)
+    head = RegionWordHead(in_dim=3, vocab_size=5)
+    feats = torch.randn(2, 3, 2, 2, requires_grad=True)
+    masks = torch.zeros(4, 4, 4)
+    masks[0, :2, :] = 1  # patches 0 and 1, fully
+    masks[1, 2:, 0] = 1  # half of patch 2
+    masks[2, :, :] = 1  # every patch, but an empty phrase: left out
+    batch_index = torch.tensor([1, 0, 0, 1])  # mask 3 is empty: left out
+    loss = head.object_loss(feats, masks, batch_index, [[1, 3], [2], [], [4]])
+    f0 = (feats[1, :, 0, 0] + feats[1, :, 0, 1]) / 2
+    logp0 = torch.log_softmax(head.proj(f0), -1)
+    logp1 = torch.log_softmax(head(feats)[0, 2], -1)  # one patch: its own logits
+    assert torch.allclose(loss, (-(logp0[1] + logp0[3]) / 2 - logp1[2]) / 2)
+    assert torch.allclose(head.proj(f0), (head(feats)[1, 0] + head(feats)[1, 1]) / 2, atol=1e-6)
+    loss.backward()
+    assert feats.grad[1, :, 1, 0].abs().sum() == 0  # an uncovered patch gets no gradient
+    none = head.object_loss(feats, masks[2:], batch_index[2:], [[], [4]])
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="4 masks, 4 batch indices and 1 phrases"):
+        head.object_loss(feats, masks, batch_index, [[1]])
+    with pytest.raises(ValueError, match="not a multiple of the patch grid"):
+        head.object_loss(feats, torch.zeros(1, 5, 5), batch_index[:1], [[1]])

@@ -16,25 +16,11 @@ from pixellm.train.main import main as train_main
 from pixellm.train.mixture import MixtureSampler
 
 
-@pytest.fixture(scope="session")
-def shapes(tmp_path_factory):
-    from pixellm.muse import GenConfig, generate_dataset
-    out = tmp_path_factory.mktemp("shapes")
-    generate_dataset(GenConfig(seed=3, train=24, val=6, test=6, image_size=32), out, workers=1)
-    return out
-
-
-@pytest.fixture(scope="session")
-def micro_cfg(tmp_path_factory, micro_config):
-    path = tmp_path_factory.mktemp("cfg") / "micro.json"
-    path.write_text(json.dumps(micro_config))
-    return path
-
-
 def args(run, shapes, cfg, *extra):
     return ["--model", str(cfg), "--out", str(run), "--shapes-root", str(shapes), "--steps", "8",
             "--batch-size", "4", "--warmup", "2", "--lr", "3e-3", "--save-every", "4", "--eval-split", "",
-            "--no-progress", "--threads", "1", "--seed", "7", *extra]
+            "--no-progress", "--threads", "1", "--seed", "7", "--vision-warmup", "3", "--vision-warmup-batch", "2",
+            *extra]
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -157,7 +143,7 @@ def test_two_cpu_processes_match_one(reference_run, tmp_path, shapes, micro_cfg)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "pixellm.train.main",
-           *args(run, shapes, micro_cfg, "--batch-size", "2")]
+           *args(run, shapes, micro_cfg, "--batch-size", "2", "--vision-warmup-batch", "1")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -168,6 +154,8 @@ def test_two_cpu_processes_match_one(reference_run, tmp_path, shapes, micro_cfg)
     assert proc.returncode == 0, err[-3000:]
     two, one = losses(run), losses(reference_run)  # 2 x 2 vs 1 x 4: same global batches
     assert list(two) == list(one)
+    warm2, warm1 = (json.loads((r / "vision_warmup.json").read_text()) for r in (run, reference_run))
+    assert [r["object_words"] for r in warm2] == pytest.approx([r["object_words"] for r in warm1], rel=1e-4)
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-3), (step, two[step], one[step])
     assert json.loads((run / "history.json").read_text())[-1]["questions_per_s"] > 0  # summed over ranks
@@ -181,6 +169,7 @@ def test_main_evaluates_and_prints_table(tmp_path, shapes, micro_cfg, capsys):
     assert "| val | 5 |" in out and "gIoU" in out
     summary = json.loads((run / "eval.json").read_text())
     assert summary["steps"] == 2 and summary["eval"]["n_questions"] == 5
+    assert summary["vision_warmup_steps"] == 3 and summary["vision_warmup_seconds"] > 0
     assert 0.0 <= summary["eval"]["giou"] <= 1.0 and summary["train_samples_per_s"] > 0
     assert 0.0 <= summary["target_phrase_acc"] <= summary["phrase_giou"] <= 1.0
     assert "target phrases right" in out and "phrase gIoU" in out
@@ -240,7 +229,7 @@ def test_time_budget_cuts_again_when_the_machine_slows_down(tmp_path, shapes, mi
     monkeypatch.setattr(loop, "_clock", lambda: next(times))
     run = tmp_path / "slow"
     assert train_main(args(run, shapes, micro_cfg, "--steps", "60", "--time-budget", "1.5",
-                           "--save-every", "100")) == 0
+                           "--save-every", "100", "--vision-warmup", "0")) == 0
     hist = json.loads((run / "history.json").read_text())
     assert [r["step"] for r in hist] == list(range(1, 45))
     out = capsys.readouterr().out
@@ -265,7 +254,7 @@ def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shap
     monkeypatch.setattr(loop, "_clock", itertools.count().__next__)  # t0 = 0, step k ends at k s
     run = tmp_path / "budget"
     budget = args(run, shapes, micro_cfg, "--steps", "40", "--time-budget", "0.5", "--save-every", "3",
-                  "--keep", "50")
+                  "--keep", "50", "--vision-warmup", "0")
     assert train_main(budget) == 0
     hist = json.loads((run / "history.json").read_text())
     assert [r["step"] for r in hist] == list(range(1, 31))
@@ -284,3 +273,20 @@ def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shap
     assert list(resumed) == list(range(22, 31))  # resumed after step 21, ended at the cut length
     for step, loss in resumed.items():
         assert loss == pytest.approx(hist[step - 1]["loss"], rel=1e-5, abs=1e-6), step
+
+
+def test_vision_warmup_time_counts_against_the_budget(tmp_path, shapes, micro_cfg, capsys, monkeypatch):
+    """A warm-up that takes 10 s leaves 20 s of a 0.5-min budget: at 1 s a step, 40 steps are
+    cut to 20 at the end of the timing window; the warm-up's records are kept with the run."""
+    from pixellm.train import loop
+    times = iter([0, 10, *range(1000)])  # warm-up start and end, then t0 = 0 and step k at k s
+    monkeypatch.setattr(loop, "_clock", lambda: next(times))
+    run = tmp_path / "warm"
+    assert train_main(args(run, shapes, micro_cfg, "--steps", "40", "--time-budget", "0.5",
+                           "--save-every", "100", "--vision-warmup", "4")) == 0
+    out = capsys.readouterr().out
+    assert "vision warm-up: 4 steps of 2 images" in out and "in 0.2 min" in out
+    assert "time budget: 20 of 40 steps fit in 0.333 min at 1.000 s a step" in out
+    assert [r["step"] for r in json.loads((run / "history.json").read_text())] == list(range(1, 21))
+    warm = json.loads((run / "vision_warmup.json").read_text())
+    assert [r["step"] for r in warm] == [1, 2, 3, 4] and warm[-1]["seconds"] == pytest.approx(10.0)

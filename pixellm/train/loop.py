@@ -17,19 +17,18 @@ from tqdm.auto import tqdm
 from ..build import build_model
 from ..config import PixelLMConfig, add_model_config, get_model_config
 from ..data import ConversationDataset, collate, pack_turns
+from ..errors import TrainingDivergedError
 from ..llm import load_tokenizer, train_word_tokenizer
 from ..model import answer_starts
 from ..prompting import PromptFormatter
+from .args import DEFAULT_VISION_WARMUP
 from .budget import WarmupLinearDecay, fitted_steps, probe_window
 from .checkpointing import list_checkpoints, read_state, save_checkpoint
 from .mixture import MixtureSampler, load_source, parse_mix
 from .trainable import AUX_HEADS, select_trainable
+from .warmup import ObjectWordDataset, warm_up_vision
 
 _clock = time.perf_counter  # what the throughput figures and --time-budget read (tests replace it)
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN/inf; the run stops instead of continuing silently."""
 
 
 def model_config(args) -> PixelLMConfig:
@@ -96,6 +95,9 @@ def train(args) -> dict:
                           block="".join(tok.convert_ids_to_tokens(model.codebook_ids)),
                           max_length=cfg.llm.max_length)
     samples = ConcatDataset(list(sources.values()))
+    ckpts = list_checkpoints(run_dir) if args.resume else []
+    warm = [] if ckpts else _vision_warmup(args, accelerator, model, samples, tok, run_dir)
+    warm_secs = sum(r["seconds"] for r in warm[-1:])
     groups, sizes = _conversations(sources, fmt, turns=args.turns, seed=args.seed)
     dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=cfg.vision.image_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
@@ -108,7 +110,7 @@ def train(args) -> dict:
     model, opt = accelerator.prepare(model, opt)
     accelerator.register_for_checkpointing(sched)
     step, pos = 0, 0
-    if args.resume and (ckpts := list_checkpoints(run_dir)):
+    if ckpts:
         accelerator.load_state(str(ckpts[-1]))
         state = read_state(ckpts[-1])
         step, pos = state["step"], state["sample_pos"]
@@ -125,7 +127,8 @@ def train(args) -> dict:
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         collate_fn=partial(collate, pad_id=tok.pad_token_id))
     accelerator.init_trackers("pixellm", config={k: str(v) for k, v in vars(args).items()})
-    history = _loop(args, accelerator, model, opt, sched, iter(loader), step, global_batch, run_dir)
+    history = _loop(args, accelerator, model, opt, sched, iter(loader), step, global_batch, run_dir,
+                    budget_s=args.time_budget * 60 - warm_secs)
     final = run_dir / "final"
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final)
@@ -133,7 +136,36 @@ def train(args) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and (multi-process) the process group
     return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator,
-            "steps": schedule.total, "planned_steps": args.steps}
+            "steps": schedule.total, "planned_steps": args.steps, "vision_warmup": warm}
+
+
+def _vision_warmup(args, accelerator, model, samples, tok, run_dir: Path) -> list[dict]:
+    """Run the vision warm-up (:mod:`.warmup`) of a fresh run; its records, also written to
+    ``run_dir/vision_warmup.json`` (each with ``seconds``: the stage's time so far)."""
+    steps = args.vision_warmup
+    if steps is None:  # the default: on for from-scratch towers (a region head), off otherwise
+        steps = DEFAULT_VISION_WARMUP if model.region_head is not None and not model.config.vision.freeze else 0
+    if steps <= 0:
+        return []
+    cfg = model.config.vision
+    data = ObjectWordDataset(samples, tokenizer=tok, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std)
+    accelerator.print(f"vision warm-up: {steps} steps of {args.vision_warmup_batch * accelerator.num_processes} "
+                      f"images ({len(data)} images with targets)")
+    model.to(accelerator.device)
+    t0 = _clock()
+    history = warm_up_vision(model, data, steps=steps, batch_size=args.vision_warmup_batch,
+                             lr=args.vision_warmup_lr, accelerator=accelerator, seed=args.seed,
+                             betas=args.betas, clip=args.clip,
+                             progress=not args.no_progress)
+    secs = _clock() - t0
+    for r in history:
+        r["seconds"] = secs * r["step"] / steps
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "vision_warmup.json").write_text(json.dumps(history))
+    accelerator.print(f"vision warm-up: object-word loss {history[0]['object_words']:.3f} -> "
+                      f"{history[-1]['object_words']:.3f} in {secs / 60:.1f} min")
+    return history
 
 
 def param_groups(model, *, lr: float, head_lr_mult: float = 1.0, vision_lr_mult: float = 1.0) -> list[dict]:
@@ -170,8 +202,10 @@ def _approx_lengths(samples, block_len: int) -> list[int]:
             for s in (samples[i] for i in range(len(samples)))]
 
 
-def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir) -> list[dict]:
-    """Optimizer steps up to the schedule's ``total`` (which ``--time-budget`` may lower as the run goes)."""
+def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir, *,
+          budget_s: float = 0.0) -> list[dict]:
+    """Optimizer steps up to the schedule's ``total``, which the time budget (``budget_s``
+    seconds for these steps; ``--time-budget`` less the vision warm-up) may lower as the run goes."""
     schedule = sched.lr_lambdas[0]
     bar = tqdm(total=schedule.total, initial=step, disable=args.no_progress or not accelerator.is_main_process,
                desc="train", dynamic_ncols=True, mininterval=2.0)
@@ -210,7 +244,8 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
             # At the window's end, then every window's length of steps (the machine may slow
             # down later); before sched.step(), so that the next learning rate follows a cut.
             pace = (elapsed - probe_t0) / (step - window[0])
-            note = _fit_budget(args, accelerator, schedule, step=step, elapsed=elapsed, pace=pace)
+            note = _fit_budget(args, accelerator, schedule, step=step, elapsed=elapsed, pace=pace,
+                               budget_s=budget_s)
             if note and accelerator.is_main_process:
                 bar.write(note)  # a line of its own, not part of the progress bar's
             bar.total = schedule.total
@@ -234,8 +269,8 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir)
 
 
 def _fit_budget(args, accelerator, schedule: WarmupLinearDecay, *, step: int, elapsed: float,
-                pace: float) -> str | None:
-    """Shorten the run if its remaining steps would overrun ``--time-budget`` at ``pace``.
+                pace: float, budget_s: float) -> str | None:
+    """Shorten the run if its remaining steps would overrun ``budget_s`` seconds at ``pace``.
 
     Every process takes the slowest process's figures, so all settle on the same length.
     Returns a note saying so, or None when the run fits.
@@ -243,10 +278,10 @@ def _fit_budget(args, accelerator, schedule: WarmupLinearDecay, *, step: int, el
     if accelerator.num_processes > 1:
         t = accelerator.gather(torch.tensor([[elapsed, pace]], device=accelerator.device, dtype=torch.float64))
         elapsed, pace = t.max(0).values.tolist()
-    fit = fitted_steps(schedule.total, done=step, elapsed=elapsed, pace=pace, budget=args.time_budget * 60)
+    fit = fitted_steps(schedule.total, done=step, elapsed=elapsed, pace=pace, budget=budget_s)
     if fit >= schedule.total:
         return None
-    note = (f"time budget: {fit} of {schedule.total} steps fit in {args.time_budget:g} min at "
+    note = (f"time budget: {fit} of {schedule.total} steps fit in {budget_s / 60:.3g} min at "
             f"{pace:.3f} s a step; the learning-rate decay now ends at step {fit}")
     schedule.shorten(fit, at=step)
     return note

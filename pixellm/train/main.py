@@ -49,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "eval_split": args.eval_split, "eval": m["all"], "zero_target": m["zero_target"],
                "target_phrase_acc": m["target_phrase_acc"], "phrase_giou": m["phrase_giou"],
                "with_duplicates": m["with_duplicates"], "n_duplicates": m["n_duplicates"],
-               "eval_queries_per_s": m["queries_per_s"], "final_checkpoint": result["final"]}
+               "eval_queries_per_s": m["queries_per_s"], "final_checkpoint": result["final"],
+               "vision_warmup_steps": len(result["vision_warmup"]),
+               "vision_warmup_seconds": result["vision_warmup"][-1]["seconds"] if result["vision_warmup"] else 0.0}
     from pathlib import Path
 
     Path(args.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))

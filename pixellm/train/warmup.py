@@ -1,0 +1,189 @@
+"""Vision warm-up: teach a from-scratch CLIP tower to name objects before the LLM reads it.
+
+PixelLM starts from a pretrained CLIP tower; the tiny default has none and trains its tower
+from scratch. Through the joint loss the tower learns slowly: a joint step pays for the LLM on
+8 conversations and shows the tower only their 8 images, and after the default 1,900 steps
+the model still names objects that are not in the image in about half its phrases (the colour
+right, the shape wrong). This stage trains the tower alone, with the region-words head
+(:class:`~pixellm.codebook.RegionWordHead`), on the targets of the training questions: the
+mask-pooled patch features of each target predict its phrase's words
+(:meth:`~pixellm.codebook.RegionWordHead.object_loss`). A step costs a few per cent of a
+joint step per image, so a few minutes show the tower several times the images of the whole
+joint run. The joint run then starts from the warmed-up tower and head.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..errors import InputError, TrainingDivergedError
+from ..image_io import load_image, resize_longest_and_pad, resize_mask_to_input
+from .budget import WarmupLinearDecay
+
+_clock = time.perf_counter
+
+
+@dataclass
+class Objects:
+    """One image's warm-up example: pixels (3, S, S), masks (K, S, S) float, K phrase id lists."""
+
+    pixels: torch.Tensor
+    masks: torch.Tensor
+    phrases: list[list[int]]
+
+
+class ObjectWordDataset(Dataset):
+    """The training images with the targets of all their questions, each target once.
+
+    Questions about one image (same ``source`` and ``image_id``) are grouped; a target is kept
+    once per annotation id (targets of a source without ids are kept per question). Images no
+    question has a target in are left out: they teach no word.
+
+    Args:
+        samples: any ``Sequence[Sample]`` (the joint run's training samples).
+        tokenizer: the LLM tokenizer (phrase words -> ids, as the answers encode them).
+        image_size, mean, std: the vision tower's input side and normalisation.
+    """
+
+    def __init__(self, samples: Sequence, *, tokenizer, image_size: int, mean: list[float],
+                 std: list[float]) -> None:
+        self.samples, self.tokenizer = samples, tokenizer
+        self.image_size, self.mean, self.std = image_size, mean, std
+        groups: dict[tuple, list[int]] = {}
+        for i in range(len(samples)):
+            s = samples[i]
+            if s.phrases:
+                groups.setdefault((s.source, s.image_id), []).append(i)
+        self.groups = list(groups.values())
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> Objects:
+        turns = [self.samples[j] for j in self.groups[i]]
+        seen, masks, phrases = set(), [], []
+        for s in turns:
+            keep = [k for k in range(len(s.phrases))
+                    if not s.target_ids or s.target_ids[k] not in seen]
+            seen.update(s.target_ids)
+            if keep:
+                masks.append(resize_mask_to_input(s.masks()[keep], size=self.image_size))
+                phrases += [self.tokenizer(s.phrases[k], add_special_tokens=False)["input_ids"] for k in keep]
+        pre = resize_longest_and_pad(load_image(turns[0].image_path), size=self.image_size,
+                                     mean=self.mean, std=self.std)
+        return Objects(pre.pixels, torch.cat(masks), phrases)
+
+
+def collate_objects(batch: list[Objects]) -> dict:
+    """pixels (B, 3, S, S), masks (K, S, S), batch_index (K,) and K phrase id lists."""
+    return {"pixels": torch.stack([o.pixels for o in batch]),
+            "masks": torch.cat([o.masks for o in batch]),
+            "batch_index": torch.cat([torch.full((len(o.phrases),), b, dtype=torch.long)
+                                      for b, o in enumerate(batch)]),
+            "phrases": [p for o in batch for p in o.phrases]}
+
+
+def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size: int, lr: float,
+                   accelerator, seed: int = 0, warmup: int = 50, betas=(0.9, 0.95), clip: float = 1.0,
+                   progress: bool = True) -> list[dict]:
+    """Train ``model.vision`` and ``model.region_head`` on object words for ``steps`` steps.
+
+    Each step takes ``batch_size`` images per process (a seeded permutation of the dataset,
+    every process its own share of a global batch of ``batch_size * world``), averages the
+    processes' gradients and takes an AdamW step; the learning rate warms up over ``warmup``
+    steps and decays linearly to 5%. The model must not be wrapped by ``accelerator.prepare``
+    yet (its vision tower is trained here unwrapped, before the joint run).
+
+    Returns:
+        one record per step: {"step", "object_words" (the loss), "lr", "images_per_s"}.
+    Raises:
+        InputError: the model has no region head or a frozen vision tower, or the dataset is
+            empty. TrainingDivergedError: a non-finite loss.
+    """
+    if model.region_head is None:
+        raise InputError("the vision warm-up trains the region-words head: this model has none "
+                         "(set --region-weight > 0, or --vision-warmup 0)")
+    params = [p for m in (model.vision, model.region_head) for p in m.parameters() if p.requires_grad]
+    if not any(p.requires_grad for p in model.vision.parameters()):
+        raise InputError("the vision warm-up needs a trainable vision tower (vision.freeze is set)")
+    if len(dataset) == 0:
+        raise InputError("the vision warm-up found no training image with a target")
+    world, rank, dev = accelerator.num_processes, accelerator.process_index, accelerator.device
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupLinearDecay(warmup=min(warmup, steps), total=steps, min_ratio=0.05))
+    order = _Order(len(dataset), batch_size * world, seed)
+    bar = tqdm(total=steps, disable=not progress or not accelerator.is_main_process, desc="vision warm-up",
+               dynamic_ncols=True, mininterval=2.0)
+    history, t0 = [], _clock()
+    model.vision.train()
+    for step in range(1, steps + 1):
+        batch = collate_objects([dataset[i] for i in order.batch(step - 1)[rank::world]])
+        with accelerator.autocast():
+            feats = model.vision(batch["pixels"].to(dev))[0]
+            total, count = model.region_head.object_sums(feats, batch["masks"].to(dev),
+                                                         batch["batch_index"].to(dev), batch["phrases"])
+        # The mean over the global batch's targets: each process scales its sum by the global
+        # count, so the processes' mean gradient is the one process's on the whole batch.
+        count = _sum(accelerator, float(count))
+        loss = total * world / max(count, 1.0)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(f"non-finite vision warm-up loss ({loss.item()}) at warm-up step {step}; stopping")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_grads(accelerator, params)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        sched.step()
+        rec = {"step": step, "object_words": _sum(accelerator, float(total.detach())) / max(count, 1.0),
+               "lr": sched.get_last_lr()[0],
+               "images_per_s": step * batch_size * world / (_clock() - t0)}
+        history.append(rec)
+        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("object_words", "lr", "images_per_s")})
+        bar.update(1)
+    bar.close()
+    return history
+
+
+class _Order:
+    """Global batches of a dataset: consecutive slices of per-epoch seeded permutations."""
+
+    def __init__(self, n: int, global_batch: int, seed: int) -> None:
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+
+    def batch(self, b: int) -> list[int]:
+        start = b * self.global_batch
+        out = []
+        for pos in range(start, start + self.global_batch):
+            epoch, i = divmod(pos, self.n)
+            out.append(int(self._perm(epoch)[i]))
+        return out
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if getattr(self, "_cached", (None,))[0] != epoch:
+            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return self._cached[1]
+
+
+def _average_grads(accelerator, params: list[torch.Tensor]) -> None:
+    """Replace each gradient by its mean over the processes (one collective)."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    for p, g in zip(params, torch.split(flat, [g.numel() for g in grads])):
+        p.grad = g.view_as(p).clone()
+
+
+def _sum(accelerator, x: float) -> float:
+    """``x`` summed over the processes."""
+    if accelerator.num_processes == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, reduction="sum"))
