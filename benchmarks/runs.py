@@ -8,9 +8,9 @@ steps, batch...), changing one thing each:
 - ``n1``: N = 1 codebook token per scale instead of 3 (``--tokens-per-scale 1``);
 - ``fusion_mean``: the learned per-scale fusion replaced by a plain mean (``--fusion mean``);
 - ``no_phrase``: no phrase-reconstruction loss on the fused embeddings (``--phrase-weight 0``);
-- ``no_region``: no region-words loss on the vision patches, and so no vision warm-up,
-  which trains that loss's head (``--region-weight 0 --vision-warmup 0``);
-- ``no_warmup``: no vision warm-up before the joint run (``--vision-warmup 0``).
+- ``no_region``: no region-words loss on the vision patches, and so no vision warm-up
+  (which trains that loss's head) if the default run had one (``--region-weight 0
+  --vision-warmup 0``).
 """
 from __future__ import annotations
 
@@ -24,17 +24,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "fusion_mean": ("--fusion", "mean"),
     "no_phrase": ("--phrase-weight", "0"),
     "no_region": ("--region-weight", "0", "--vision-warmup", "0"),
-    "no_warmup": ("--vision-warmup", "0"),
 }
 DESCRIPTIONS = {
-    "default": ("default (vision warm-up, refinement loss, N = 3, learned fusion, phrase and region-words "
-                "losses, 3-turn sequences)"),
+    "default": "default (refinement loss, N = 3, learned fusion, phrase and region-words losses, 3-turn sequences)",
     "no_refine": "without the target-refinement loss",
     "n1": "N = 1 codebook token per scale (instead of 3)",
     "fusion_mean": "token fusion replaced by a mean",
     "no_phrase": "without the phrase-reconstruction loss",
-    "no_region": "without the region-words loss (and so without the vision warm-up)",
-    "no_warmup": "without the vision warm-up",
+    "no_region": "without the region-words loss (and without a vision warm-up)",
 }
 
 

@@ -271,9 +271,9 @@ def test_ablation_variants_parse_with_the_default_budget(tmp_path):
         assert args.model == str(ckpt / "config.json") and args.shapes_root == "d" and not args.no_progress
         seen.add((args.no_refine, args.tokens_per_scale, args.fusion, args.phrase_weight, args.region_weight,
                   args.vision_warmup, args.turns))
-    assert seen == {(True, None, None, None, None, None, 3), (False, 1, None, None, None, None, 3),
-                    (False, None, "mean", None, None, None, 3), (False, None, None, 0.0, None, None, 3),
-                    (False, None, None, None, 0.0, 0, 3), (False, None, None, None, None, 0, 3)}
+    assert seen == {(True, None, None, None, None, 0, 3), (False, 1, None, None, None, 0, 3),
+                    (False, None, "mean", None, None, 0, 3), (False, None, None, 0.0, None, 0, 3),
+                    (False, None, None, None, 0.0, 0, 3)}
     quiet = build_parser().parse_args(variant_argv("n1", checkpoint=ckpt, shapes_root="d", run_dir=tmp_path,
                                                    progress=False))
     assert quiet.no_progress  # pixellm-bench --no-progress reaches the variants' training
@@ -313,9 +313,8 @@ def test_ablation_trains_benches_and_tabulates_the_variants(tmp_path, shapes, ch
                cfg["loss"]["phrase_weight"], cfg["loss"]["region_weight"])
         assert got == {"no_refine": (False, 3, "linear", 1.0, 1.0), "n1": (True, 1, "linear", 1.0, 1.0),
                        "fusion_mean": (True, 3, "mean", 1.0, 1.0), "no_phrase": (True, 3, "linear", 0.0, 1.0),
-                       "no_region": (True, 3, "linear", 1.0, 0.0),
-                       "no_warmup": (True, 3, "linear", 1.0, 1.0)}[r["variant"]]
-        assert (runs / r["variant"] / "vision_warmup.json").is_file() == (r["variant"] not in ("no_region", "no_warmup"))
+                       "no_region": (True, 3, "linear", 1.0, 0.0)}[r["variant"]]
+        assert (runs / r["variant"] / "vision_warmup.json").is_file() == (r["variant"] != "no_region")
     assert "budget differs from the default run (2 steps)" in table["note"]
     assert "## Ablation" in (runs / "ablation.md").read_text()
     assert list(out.glob("ablation_pixellm-micro-test_shapes-val_cpu_*.md"))

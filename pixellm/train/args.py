@@ -5,8 +5,6 @@ import argparse
 
 from .mixture import ENV_MUSE, ENV_REFCOCO
 
-DEFAULT_VISION_WARMUP = 1500  # steps of 16 images: ~2.5 min on 2 CPU cores for pixellm-tiny
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixellm-train", description="Train a PixelLM model (runs under accelerate launch / torchrun).")
@@ -23,11 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock minutes for the optimizer steps (0: off); if --steps would not fit at "
                         "the pace timed from warm-up on (checked again as the run goes), the run is "
                         "shortened and its lr decay ends at the new end (see pixellm.train.budget)")
-    p.add_argument("--vision-warmup", type=int, default=None, metavar="STEPS",
+    p.add_argument("--vision-warmup", type=int, default=0, metavar="STEPS",
                    help="first train the vision tower alone to name the objects under the training "
-                        "targets' masks, for STEPS steps (see pixellm.train.warmup; counts against "
-                        f"--time-budget). Default: {DEFAULT_VISION_WARMUP} for a model with a region-words "
-                        "head and a trainable tower (the from-scratch configs), else 0")
+                        "targets' masks, for STEPS steps (needs a region-words head; counts against "
+                        "--time-budget; see pixellm.train.warmup and the README). 0: off")
     p.add_argument("--vision-warmup-batch", type=int, default=16, help="images per process per warm-up step")
     p.add_argument("--vision-warmup-lr", type=float, default=2e-3, help="peak learning rate of the warm-up")
     p.add_argument("--batch-size", type=int, default=8, help="micro-batch per process (sequences; each holds up to --turns questions)")

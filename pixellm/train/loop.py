@@ -21,7 +21,6 @@ from ..errors import TrainingDivergedError
 from ..llm import load_tokenizer, train_word_tokenizer
 from ..model import answer_starts
 from ..prompting import PromptFormatter
-from .args import DEFAULT_VISION_WARMUP
 from .budget import WarmupLinearDecay, fitted_steps, probe_window
 from .checkpointing import list_checkpoints, read_state, save_checkpoint
 from .mixture import MixtureSampler, load_source, parse_mix
@@ -143,8 +142,6 @@ def _vision_warmup(args, accelerator, model, samples, tok, run_dir: Path) -> lis
     """Run the vision warm-up (:mod:`.warmup`) of a fresh run; its records, also written to
     ``run_dir/vision_warmup.json`` (each with ``seconds``: the stage's time so far)."""
     steps = args.vision_warmup
-    if steps is None:  # the default: on for from-scratch towers (a region head), off otherwise
-        steps = DEFAULT_VISION_WARMUP if model.region_head is not None and not model.config.vision.freeze else 0
     if steps <= 0:
         return []
     cfg = model.config.vision
