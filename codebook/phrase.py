@@ -120,6 +120,17 @@ class PhraseHead(nn.Module):
         return -(bags[keep] * F.log_softmax(logits[keep], dim=-1)).sum(1).mean()
 
 
+def _check_targets(feats: Tensor, masks: Tensor, batch_index: Tensor, phrases: Sequence) -> int:
+    """K, after checking that masks, batch indices and phrases agree and that the masks tile
+    the (B, C, g, g) patch grid. Raises ValueError otherwise."""
+    k = masks.shape[0]
+    if len(phrases) != k or batch_index.shape[0] != k:
+        raise ValueError(f"{k} masks, {batch_index.shape[0]} batch indices and {len(phrases)} phrases")
+    if masks.shape[-2] % feats.shape[-2] or masks.shape[-1] % feats.shape[-1]:
+        raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the patch grid {tuple(feats.shape[-2:])}")
+    return k
+
+
 class RegionWordHead(nn.Module):
     """Region words: each vision patch under a target's mask predicts that target's phrase words.
 
@@ -191,11 +202,7 @@ class RegionWordHead(nn.Module):
                     phrases: Sequence[Sequence[int]]) -> tuple[Tensor, int]:
         """The numerator and denominator of :meth:`object_loss`: (sum over the scored targets
         (with graph), their number), so processes holding parts of a batch can form the mean."""
-        k = masks.shape[0]
-        if len(phrases) != k or batch_index.shape[0] != k:
-            raise ValueError(f"{k} masks, {batch_index.shape[0]} batch indices and {len(phrases)} phrases")
-        if masks.shape[-2] % feats.shape[-2] or masks.shape[-1] % feats.shape[-1]:
-            raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the patch grid {tuple(feats.shape[-2:])}")
+        k = _check_targets(feats, masks, batch_index, phrases)
         if k == 0:
             return feats.sum() * 0.0, 0
         cover = F.adaptive_avg_pool2d(masks[:, None].float(), feats.shape[-2:]).flatten(1)  # (K, P)
@@ -213,11 +220,7 @@ class RegionWordHead(nn.Module):
              phrases: Sequence[Sequence[int]]) -> tuple[Tensor, float]:
         """The numerator and denominator of :meth:`loss`: ``(sum_kp w_kp ce_kp`` (with graph),
         ``sum_kp w_kp)``, so processes holding parts of a batch can form the global mean."""
-        k = masks.shape[0]
-        if len(phrases) != k or batch_index.shape[0] != k:
-            raise ValueError(f"{k} masks, {batch_index.shape[0]} batch indices and {len(phrases)} phrases")
-        if masks.shape[-2] % feats.shape[-2] or masks.shape[-1] % feats.shape[-1]:
-            raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the patch grid {tuple(feats.shape[-2:])}")
+        k = _check_targets(feats, masks, batch_index, phrases)
         logp = F.log_softmax(self(feats).float(), dim=-1)  # (B, P, V)
         if k == 0:
             return logp.sum() * 0.0, 0.0

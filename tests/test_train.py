@@ -278,9 +278,10 @@ def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shap
 def test_vision_warmup_time_counts_against_the_budget(tmp_path, shapes, micro_cfg, capsys, monkeypatch):
     """A warm-up that takes 10 s leaves 20 s of a 0.5-min budget: at 1 s a step, 40 steps are
     cut to 20 at the end of the timing window; the warm-up's records are kept with the run."""
-    from pixellm.train import loop
-    times = iter([0, 10, *range(1000)])  # warm-up start and end, then t0 = 0 and step k at k s
-    monkeypatch.setattr(loop, "_clock", lambda: next(times))
+    from pixellm.train import loop, warmup
+    warm_times = iter([0, 1, 2, 3, 10])  # the warm-up's start, then the end of each of its 4 steps
+    monkeypatch.setattr(warmup, "_clock", lambda: next(warm_times))
+    monkeypatch.setattr(loop, "_clock", iter(range(1000)).__next__)  # t0 = 0, step k ends at k s
     run = tmp_path / "warm"
     assert train_main(args(run, shapes, micro_cfg, "--steps", "40", "--time-budget", "0.5",
                            "--save-every", "100", "--vision-warmup", "4")) == 0

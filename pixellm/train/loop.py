@@ -96,7 +96,7 @@ def train(args) -> dict:
     samples = ConcatDataset(list(sources.values()))
     ckpts = list_checkpoints(run_dir) if args.resume else []
     warm = [] if ckpts else _vision_warmup(args, accelerator, model, samples, tok, run_dir)
-    warm_secs = sum(r["seconds"] for r in warm[-1:])
+    warm_secs = warm[-1]["seconds"] if warm else 0.0
     groups, sizes = _conversations(sources, fmt, turns=args.turns, seed=args.seed)
     dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=cfg.vision.image_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
@@ -140,7 +140,7 @@ def train(args) -> dict:
 
 def _vision_warmup(args, accelerator, model, samples, tok, run_dir: Path) -> list[dict]:
     """Run the vision warm-up (:mod:`.warmup`) of a fresh run; its records, also written to
-    ``run_dir/vision_warmup.json`` (each with ``seconds``: the stage's time so far)."""
+    ``run_dir/vision_warmup.json``."""
     steps = args.vision_warmup
     if steps <= 0:
         return []
@@ -149,19 +149,15 @@ def _vision_warmup(args, accelerator, model, samples, tok, run_dir: Path) -> lis
     accelerator.print(f"vision warm-up: {steps} steps of {args.vision_warmup_batch * accelerator.num_processes} "
                       f"images ({len(data)} images with targets)")
     model.to(accelerator.device)
-    t0 = _clock()
     history = warm_up_vision(model, data, steps=steps, batch_size=args.vision_warmup_batch,
                              lr=args.vision_warmup_lr, accelerator=accelerator, seed=args.seed,
                              betas=args.betas, clip=args.clip,
                              progress=not args.no_progress)
-    secs = _clock() - t0
-    for r in history:
-        r["seconds"] = secs * r["step"] / steps
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "vision_warmup.json").write_text(json.dumps(history))
     accelerator.print(f"vision warm-up: object-word loss {history[0]['object_words']:.3f} -> "
-                      f"{history[-1]['object_words']:.3f} in {secs / 60:.1f} min")
+                      f"{history[-1]['object_words']:.3f} in {history[-1]['seconds'] / 60:.1f} min")
     return history
 
 

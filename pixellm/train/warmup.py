@@ -19,16 +19,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import InputError, TrainingDivergedError
 from ..image_io import load_image, resize_longest_and_pad, resize_mask_to_input
 from .budget import WarmupLinearDecay
+from .mixture import MixtureSampler
 
-_clock = time.perf_counter
+_clock = time.perf_counter  # what the warm-up's seconds and images/s read (tests replace it)
 
 
 @dataclass
@@ -96,14 +96,16 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
                    progress: bool = True) -> list[dict]:
     """Train ``model.vision`` and ``model.region_head`` on object words for ``steps`` steps.
 
-    Each step takes ``batch_size`` images per process (a seeded permutation of the dataset,
-    every process its own share of a global batch of ``batch_size * world``), averages the
+    Each step takes ``batch_size`` images per process (seeded per-epoch permutations of the
+    dataset, every process its share of a global batch of ``batch_size * world``, as
+    :class:`~pixellm.train.mixture.MixtureSampler` splits them), averages the
     processes' gradients and takes an AdamW step; the learning rate warms up over ``warmup``
     steps and decays linearly to 5%. The model must not be wrapped by ``accelerator.prepare``
     yet (its vision tower is trained here unwrapped, before the joint run).
 
     Returns:
-        one record per step: {"step", "object_words" (the loss), "lr", "images_per_s"}.
+        one record per step: {"step", "object_words" (the loss), "lr", "images_per_s",
+        "seconds" (since the stage began)}.
     Raises:
         InputError: the model has no region head or a frozen vision tower, or the dataset is
             empty. TrainingDivergedError: a non-finite loss.
@@ -119,13 +121,15 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
     world, rank, dev = accelerator.num_processes, accelerator.process_index, accelerator.device
     opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupLinearDecay(warmup=min(warmup, steps), total=steps, min_ratio=0.05))
-    order = _Order(len(dataset), batch_size * world, seed)
+    loader = iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_objects,
+                             sampler=MixtureSampler(sizes=[len(dataset)], rates=[1.0], seed=seed,
+                                                    rank=rank, world=world)))
     bar = tqdm(total=steps, disable=not progress or not accelerator.is_main_process, desc="vision warm-up",
                dynamic_ncols=True, mininterval=2.0)
     history, t0 = [], _clock()
     model.vision.train()
     for step in range(1, steps + 1):
-        batch = collate_objects([dataset[i] for i in order.batch(step - 1)[rank::world]])
+        batch = next(loader)
         with accelerator.autocast():
             feats = model.vision(batch["pixels"].to(dev))[0]
             total, count = model.region_head.object_sums(feats, batch["masks"].to(dev),
@@ -143,34 +147,15 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         sched.step()
+        elapsed = _clock() - t0
         rec = {"step": step, "object_words": _sum(accelerator, float(total.detach())) / max(count, 1.0),
-               "lr": sched.get_last_lr()[0],
-               "images_per_s": step * batch_size * world / (_clock() - t0)}
+               "lr": sched.get_last_lr()[0], "images_per_s": step * batch_size * world / elapsed,
+               "seconds": elapsed}
         history.append(rec)
         bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("object_words", "lr", "images_per_s")})
         bar.update(1)
     bar.close()
     return history
-
-
-class _Order:
-    """Global batches of a dataset: consecutive slices of per-epoch seeded permutations."""
-
-    def __init__(self, n: int, global_batch: int, seed: int) -> None:
-        self.n, self.global_batch, self.seed = n, global_batch, seed
-
-    def batch(self, b: int) -> list[int]:
-        start = b * self.global_batch
-        out = []
-        for pos in range(start, start + self.global_batch):
-            epoch, i = divmod(pos, self.n)
-            out.append(int(self._perm(epoch)[i]))
-        return out
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if getattr(self, "_cached", (None,))[0] != epoch:
-            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-        return self._cached[1]
 
 
 def _average_grads(accelerator, params: list[torch.Tensor]) -> None:
