@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pixellm.train.main import main as train_main
 from pixellm.train.mixture import MixtureSampler
@@ -176,7 +177,7 @@ def test_main_evaluates_and_prints_table(tmp_path, shapes, micro_cfg, capsys):
 
 
 def test_param_groups_give_the_mask_head_its_own_learning_rate(tiny_model):
-    from pixellm.train.loop import param_groups
+    from pixellm.train.optim import param_groups
     tiny_model.vision.requires_grad_(False)  # frozen parameters are left out
     body, head = param_groups(tiny_model, lr=1e-3, head_lr_mult=3.0)
     assert body["lr"] == 1e-3 and head["lr"] == pytest.approx(3e-3)
@@ -190,7 +191,7 @@ def test_param_groups_give_the_mask_head_its_own_learning_rate(tiny_model):
 
 
 def test_param_groups_give_the_vision_tower_its_own_learning_rate(tiny_model):
-    from pixellm.train.loop import param_groups
+    from pixellm.train.optim import param_groups
     body, head, vision = param_groups(tiny_model, lr=1e-3, head_lr_mult=2.0, vision_lr_mult=3.0)
     assert (body["lr"], head["lr"], vision["lr"]) == (1e-3, pytest.approx(2e-3), pytest.approx(3e-3))
     assert {id(p) for p in vision["params"]} == {id(p) for p in tiny_model.vision.parameters()}
@@ -198,6 +199,31 @@ def test_param_groups_give_the_vision_tower_its_own_learning_rate(tiny_model):
     assert len(grouped) == len(set(grouped))  # no parameter in two groups
     assert set(grouped) == {id(p) for p in tiny_model.parameters() if p.requires_grad}
     assert not {id(p) for p in body["params"]} & {id(p) for p in tiny_model.vision.parameters()}
+
+
+def test_adamw_is_fused_on_cpu_and_takes_the_same_step_as_the_loop():
+    from pixellm.train.optim import adamw
+
+    def run(fused_ok: bool) -> tuple[bool, torch.Tensor]:
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 3))
+        b = torch.nn.Parameter(torch.randn(3))
+        groups = [{"params": [w], "lr": 1e-2}, {"params": [b], "lr": 3e-2}]
+        opt = adamw(groups, lr=1e-2, betas=(0.9, 0.95)) if fused_ok else torch.optim.AdamW(
+            groups, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+        for _ in range(3):
+            opt.zero_grad()
+            ((torch.ones(2, 4) @ w + b) ** 2).sum().backward()
+            opt.step()
+        assert [g["lr"] for g in opt.param_groups] == [1e-2, 3e-2]
+        return bool(opt.param_groups[0].get("fused")), torch.cat([w.detach().flatten(), b.detach()])
+
+    fused, after = run(True)
+    looped, reference = run(False)
+    assert fused and not looped
+    torch.testing.assert_close(after, reference)
+    meta = torch.nn.Parameter(torch.zeros(2, device="meta"))  # no fused kernel there: torch's default
+    assert not adamw([meta], lr=1e-3).param_groups[0]["fused"]
 
 
 def test_fitted_steps_and_the_stretched_schedule():

@@ -24,7 +24,8 @@ from ..prompting import PromptFormatter
 from .budget import WarmupLinearDecay, fitted_steps, probe_window
 from .checkpointing import list_checkpoints, read_state, save_checkpoint
 from .mixture import MixtureSampler, load_source, parse_mix
-from .trainable import AUX_HEADS, select_trainable
+from .optim import adamw, param_groups
+from .trainable import select_trainable
 from .warmup import ObjectWordDataset, warm_up_vision
 
 _clock = time.perf_counter  # what the throughput figures and --time-budget read (tests replace it)
@@ -101,9 +102,9 @@ def train(args) -> dict:
     dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=cfg.vision.image_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
     accelerator.print(f"{len(samples)} questions in {len(groups)} conversations (up to {args.turns} turns)")
-    opt = torch.optim.AdamW(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult,
-                                         vision_lr_mult=args.vision_lr_mult),
-                            betas=tuple(args.betas), weight_decay=args.weight_decay)
+    opt = adamw(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult,
+                             vision_lr_mult=args.vision_lr_mult),
+                lr=args.lr, betas=args.betas, weight_decay=args.weight_decay)
     schedule = WarmupLinearDecay(warmup=args.warmup, total=args.steps, min_ratio=args.min_lr_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model, opt = accelerator.prepare(model, opt)
@@ -159,20 +160,6 @@ def _vision_warmup(args, accelerator, model, samples, tok, run_dir: Path) -> lis
     accelerator.print(f"vision warm-up: object-word loss {history[0]['object_words']:.3f} -> "
                       f"{history[-1]['object_words']:.3f} in {history[-1]['seconds'] / 60:.1f} min")
     return history
-
-
-def param_groups(model, *, lr: float, head_lr_mult: float = 1.0, vision_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW groups: the mask head (codebook fusion, pixel decoder, phrase and region heads) at
-    ``lr * head_lr_mult``, the vision tower at ``lr * vision_lr_mult``, every other trainable
-    parameter (projector, LLM) at ``lr``; frozen ones are left out."""
-    head_modules = (model.fusion, model.decoder, *(getattr(model, h, None) for h in AUX_HEADS))
-    head = {id(p) for m in head_modules if m is not None for p in m.parameters()}
-    vision = {id(p) for p in model.vision.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in head and id(p) not in vision], "lr": lr},
-              {"params": [p for p in trainable if id(p) in head], "lr": lr * head_lr_mult},
-              {"params": [p for p in trainable if id(p) in vision], "lr": lr * vision_lr_mult}]
-    return [g for g in groups if g["params"]]
 
 
 def _conversations(sources: dict, fmt: PromptFormatter, *, turns: int, seed: int) -> tuple[list[list[int]], list[int]]:

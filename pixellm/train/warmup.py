@@ -27,6 +27,7 @@ from ..errors import InputError, TrainingDivergedError
 from ..image_io import load_image, resize_longest_and_pad, resize_mask_to_input
 from .budget import WarmupLinearDecay
 from .mixture import MixtureSampler
+from .optim import adamw
 
 _clock = time.perf_counter  # what the warm-up's seconds and images/s read (tests replace it)
 
@@ -119,7 +120,7 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
     if len(dataset) == 0:
         raise InputError("the vision warm-up found no training image with a target")
     world, rank, dev = accelerator.num_processes, accelerator.process_index, accelerator.device
-    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=0.0)
+    opt = adamw(params, lr=lr, betas=betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupLinearDecay(warmup=min(warmup, steps), total=steps, min_ratio=0.05))
     loader = iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_objects,
                              sampler=MixtureSampler(sizes=[len(dataset)], rates=[1.0], seed=seed,
