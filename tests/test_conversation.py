@@ -121,3 +121,20 @@ def test_phrase_iou_scores_the_named_targets_as_perfect_masks():
     assert phrase_iou(["red circle", "red star"], ["red circle"]) == 0.5  # a wrong extra target
     assert phrase_iou(["red circle"], ["red circle", "red star", "blue ring"]) == 1 / 3  # missed two
     assert phrase_iou(["red circle", "red circle"], ["red circle"]) == 0.5  # a repeat earns once
+
+
+def test_formatter_memo_gives_fresh_lists_equal_to_the_tokenizer(fmt, monkeypatch):
+    q, a = "which shapes are red?", "red circle {seg}."
+    first = fmt.training_pair(q, a)
+    ids = fmt._ids("red circle")
+    assert ids == fmt.tokenizer("red circle", add_special_tokens=False)["input_ids"]
+    ids.append(-1)  # a caller's edit must not reach the memo
+    assert fmt._ids("red circle")[-1] != -1
+    calls = []
+    real = fmt.tokenizer.__class__.__call__
+    monkeypatch.setattr(fmt.tokenizer.__class__, "__call__", lambda self, *x, **k: calls.append(x) or real(self, *x, **k))
+    assert fmt.training_pair(q, a) == first and calls == []  # served from the memo
+    monkeypatch.setattr(type(fmt), "MEMO_SIZE", len(fmt._memo))  # full: new texts are encoded, not kept
+    n = len(fmt._memo)
+    assert fmt._ids("blue star") == real(fmt.tokenizer, "blue star", add_special_tokens=False)["input_ids"]
+    assert len(calls) == 1 and len(fmt._memo) == n
