@@ -51,6 +51,8 @@ def strict_json(path):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
+    """This module's own, smaller dataset (6 train images, seed 1), not conftest's: the bench
+    and ablation runs here train and score on it, and its counts keep them short."""
     from pixellm.muse import GenConfig, generate_dataset
     out = tmp_path_factory.mktemp("shapes")
     generate_dataset(GenConfig(seed=1, train=6, val=4, test=6, image_size=32), out, workers=1)

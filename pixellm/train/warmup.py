@@ -137,7 +137,7 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
                                                          batch["batch_index"].to(dev), batch["phrases"])
         # The mean over the global batch's targets: each process scales its sum by the global
         # count, so the processes' mean gradient is the one process's on the whole batch.
-        count = _sum(accelerator, float(count))
+        count, total_sum = _sums(accelerator, float(count), float(total.detach()))  # one collective
         loss = total * world / max(count, 1.0)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"non-finite vision warm-up loss ({loss.item()}) at warm-up step {step}; stopping")
@@ -149,7 +149,7 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
         opt.step()
         sched.step()
         elapsed = _clock() - t0
-        rec = {"step": step, "object_words": _sum(accelerator, float(total.detach())) / max(count, 1.0),
+        rec = {"step": step, "object_words": total_sum / max(count, 1.0),
                "lr": sched.get_last_lr()[0], "images_per_s": step * batch_size * world / elapsed,
                "seconds": elapsed}
         history.append(rec)
@@ -169,9 +169,9 @@ def _average_grads(accelerator, params: list[torch.Tensor]) -> None:
         p.grad = g.view_as(p).clone()
 
 
-def _sum(accelerator, x: float) -> float:
-    """``x`` summed over the processes."""
+def _sums(accelerator, *xs: float) -> list[float]:
+    """Each of ``xs`` summed over the processes."""
     if accelerator.num_processes == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(t, reduction="sum"))
+        return list(xs)
+    t = torch.tensor(xs, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").tolist()
