@@ -148,7 +148,8 @@ def test_phrase_loss_joins_the_mask_term_and_trains_the_fusion(tiny_model, make_
     tiny_model.zero_grad()
     phrases = [["purple", "triangle"], ["red", "circle"], [",", "blue", "square"], ["and", "green", "star"]]
     ids = [[tiny_model.tokenizer.convert_tokens_to_ids(w) for w in p] for p in phrases]
-    fused = tiny_model.fusion(torch.randn(4, len(tiny_model.codebook_ids), 256, requires_grad=True))
+    fused = tiny_model.fusion(torch.randn(4, len(tiny_model.codebook_ids), tiny_model.base_llm.config.hidden_size,
+                                        requires_grad=True))
     tiny_model.phrase_head.loss(fused, ids).backward()
     assert tiny_model.fusion.proj[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny_model.decoder.parameters())

@@ -2,7 +2,7 @@
 
 PixelLM starts from a pretrained CLIP tower; the tiny default has none and trains its tower
 from scratch. Through the joint loss the tower learns slowly: a joint step pays for the LLM on
-8 conversations and shows the tower only their 8 images, and after the default 1,900 steps
+8 conversations and shows the tower only their 8 images, and after 1,900 such steps
 the model names objects that are not in the image in about half its phrases (the colour
 right, the shape wrong). This stage (``pixellm-train --vision-warmup STEPS``, off by default)
 trains the tower alone, with the region-words head
