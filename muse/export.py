@@ -44,18 +44,28 @@ class Entry:
 
 
 def annotations(scene: Scene, image_id: int) -> list[dict]:
-    """MUSE/LVIS annotation dicts of a scene; segmentation is compressed RLE of the visible
-    mask, bbox ``[x, y, w, h]`` and area come from that RLE."""
+    """MUSE/LVIS annotation dicts of a scene, one per object in paint order.
+
+    Args:
+        scene: the rendered scene; its objects' masks are (H, W) bool visible masks.
+        image_id: the image's id (annotation ids are ``image_id * 100 + object index``).
+
+    Returns:
+        dicts with ``id``, ``image_id``, ``category_id``, ``category_name``,
+        ``rephrased_name``, ``colour``, ``bbox`` [x, y, w, h] and ``area`` (pixels) of the
+        visible mask, and ``segmentation`` from :func:`masks.encode_exact`: polygons where
+        they reproduce the mask exactly, else uncompressed RLE, so that the official
+        loader's ``frPyObjects`` + ``decode`` gives back the mask pixel for pixel.
+    """
     out = []
     for j, obj in enumerate(scene.objects):
-        rle = masklib.encode(obj.mask)
-        coco_rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+        rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
         out.append({
             "id": image_id * MAX_OBJECTS_PER_IMAGE + j, "image_id": image_id,
             "category_id": CATEGORY_IDS[obj.shape], "category_name": obj.shape,
             "rephrased_name": obj.phrase, "colour": obj.colour,
-            "bbox": [float(v) for v in mask_utils.toBbox(coco_rle)],
-            "area": float(mask_utils.area(coco_rle)), "segmentation": rle,
+            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            "area": float(mask_utils.area(rle)), "segmentation": masklib.encode_exact(obj.mask),
         })
     return out
 
@@ -80,15 +90,18 @@ def question_tuple(question: Question, anns: list[dict]) -> QuestionTuple:
 
 def muse_record(entry: Entry, questions: Sequence[QuestionTuple]) -> dict:
     """A MUSE record for one image with the given questions: the official fields plus
-    ``target_phrases`` (per question, one phrase per target) and ``families``."""
+    ``target_phrases`` (per question, one phrase per target) and ``families``.
+
+    As in MUSE, each entry of ``answers[q]`` is a full copy of the ``ann_list`` entry
+    (segmentation, bbox...), not a reference: the official loader reads them directly.
+    """
     by_id = {a["id"]: a for a in entry.anns}
-    keys = ("id", "category_id", "category_name", "rephrased_name")
     return {
         "file_name": entry.image["file_name"], "id": entry.image["id"],
         "height": entry.image["height"], "width": entry.image["width"],
         "ann_list": entry.anns,
         "questions": [q[0] for q in questions],
-        "answers": [[{k: by_id[i][k] for k in keys} for i in q[1]] for q in questions],
+        "answers": [[dict(by_id[i]) for i in q[1]] for q in questions],
         "text_answers": [q[2] for q in questions],
         "target_phrases": [q[4] for q in questions],
         "families": [q[3] for q in questions],

@@ -38,15 +38,18 @@ OUTPUT_SPLITS = ("train", "val", "test_less", "test_many", "multi_ref")
 class GenConfig:
     """What to generate."""
 
+    # Layout version of the files: 2 writes answers as full annotations and segmentations as
+    # polygons or uncompressed RLE (the official loader's forms). A change regenerates data.
+    format: int = 2
     seed: int = 0  # base seed of every per-image generator
-    image_size: int = 64  # square image side S in pixels; object sizes scale with it
+    image_size: int = 96  # square image side S in pixels; object sizes scale with it
     train: int = 4000  # number of training images
     val: int = 200  # number of validation images
     test: int = 300  # number of test images (split into test_less / test_many / multi_ref)
     questions_per_image: int = 3  # questions per train / val image
     test_questions_per_image: int = 4  # more for test images, to fill test_many
-    min_objects: int = 3  # objects per scene, drawn uniformly in [min, max]
-    max_objects: int = 12
+    min_objects: int = 12  # objects per scene, drawn uniformly in [min, max]
+    max_objects: int = 26
     held_out: tuple[tuple[str, str], ...] = HELD_OUT
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
@@ -75,7 +78,8 @@ def render_example(config: GenConfig, split: str,
     scene = render_scene(rng, size=config.image_size, num_objects=num_objects,
                          pairs=split_pairs(split, config.held_out))
     count = config.test_questions_per_image if split == "test" else config.questions_per_image
-    questions = make_questions(scene, rng, count, weights=config.weights)
+    questions = make_questions(scene, rng, count, weights=config.weights,
+                               companion_cap=LESS_MAX_TARGETS if split == "test" else 1 << 30)
     multi = None
     if split == "test" and len(scene.objects) >= 2:
         multi = multi_ref_question(scene, rng, MULTI_REF_SIZES[index % len(MULTI_REF_SIZES)])

@@ -1,4 +1,5 @@
-"""COCO segmentations (polygons, compressed and uncompressed RLE) to masks, via pycocotools."""
+"""COCO segmentations (polygons, compressed and uncompressed RLE) to masks and back, via
+pycocotools."""
 
 from __future__ import annotations
 
@@ -114,6 +115,128 @@ def encode(mask: np.ndarray) -> dict:
     """Encode an (H, W) bool mask as JSON-ready compressed RLE (``counts`` is a str)."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def encode_uncompressed(mask: np.ndarray) -> dict:
+    """Encode an (H, W) bool mask as uncompressed COCO RLE.
+
+    Returns:
+        ``{"size": [H, W], "counts": [int, ...]}``: column-major run lengths, starting with
+        a (possibly empty) run of zeros, summing to H*W.
+    """
+    rle = encode(mask)
+    return {"size": rle["size"], "counts": compressed_counts(rle["counts"])}
+
+
+def encode_exact(mask: np.ndarray) -> list[list[int]] | dict:
+    """Encode a mask in a form the official PixelLM loader decodes
+    (``pycocotools.mask.frPyObjects(seg, H, W)`` then ``decode``), pixel for pixel.
+
+    Polygons when the traced outline reproduces the mask exactly, else uncompressed RLE
+    (masks with holes such as rings, or any outline pycocotools rasterises differently).
+
+    Args:
+        mask: bool (H, W), the visible pixels.
+
+    Returns:
+        ``[[x0, y0, x1, y1, ...], ...]``: one polygon per 4-connected part, vertices on pixel
+        corners (pixel ``(r, c)`` spans x in [c, c+1], y in [r, r+1]); or
+        ``{"size": [H, W], "counts": [int, ...]}``.
+    """
+    polygons = trace_polygons(mask)
+    if polygons is not None and reproduces(polygons, mask):
+        return polygons
+    return encode_uncompressed(mask)
+
+
+def reproduces(polygons: list[list[int]], mask: np.ndarray) -> bool:
+    """Whether pycocotools rasterises ``polygons`` to exactly ``mask`` (an (H, W) bool),
+    with parts that never overlap (so summing the parts, as PixelLM does, equals merging)."""
+    height, width = mask.shape
+    parts = mask_utils.decode(mask_utils.frPyObjects(polygons, height, width))  # (H, W, N)
+    return bool(np.array_equal(parts.sum(axis=2, dtype=np.int64), mask.astype(np.int64)))
+
+
+def trace_polygons(mask: np.ndarray) -> list[list[int]] | None:
+    """Outline each 4-connected part of an (H, W) bool mask along pixel edges.
+
+    Returns:
+        one polygon ``[x0, y0, x1, y1, ...]`` (pixel-corner coordinates, x right, y down,
+        clockwise on screen, collinear vertices dropped) per part; ``None`` when the mask
+        is empty or has a hole (a loop that runs the other way), which polygons cannot carry.
+    """
+    ys, xs = np.nonzero(mask)
+    if not ys.size:
+        return None
+    x0, y0 = int(xs.min()), int(ys.min())  # trace inside the box: far fewer pixels to scan
+    polygons = []
+    for loop in _boundary_loops(mask[y0:ys.max() + 1, x0:xs.max() + 1]):
+        corners = _drop_collinear(loop)
+        if _shoelace2(corners) <= 0:  # counter-clockwise: the outline of a hole
+            return None
+        polygons.append([v for x, y in corners for v in (x + x0, y + y0)])
+    return polygons
+
+
+def _boundary_loops(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Closed loops of directed pixel edges with the mask on their right (y down)."""
+    edges = _directed_edges(mask)
+    starts: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for a, b in edges:
+        starts.setdefault(a, []).append(b)
+    loops = []
+    while starts:
+        first = next(iter(starts))
+        loop, point, end = [first], first, _take(starts, first, None)
+        while end != first:
+            loop.append(end)
+            point, end = end, _take(starts, end, (end[0] - point[0], end[1] - point[1]))
+        loops.append(loop)
+    return loops
+
+
+def _take(starts: dict, point: tuple[int, int], heading: tuple[int, int] | None):
+    """Pop the edge leaving ``point``; where two leave (parts touching at a corner), take
+    the right turn so the loop stays around one 4-connected part."""
+    ends = starts[point]
+    k = 0
+    if heading is not None and len(ends) > 1:
+        right = (point[0] - heading[1], point[1] + heading[0])
+        k = ends.index(right) if right in ends else 0
+    end = ends.pop(k)
+    if not ends:
+        del starts[point]
+    return end
+
+
+def _directed_edges(mask: np.ndarray) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Pixel sides between the mask and the background, as (start, end) corners (x, y)."""
+    padded = np.pad(mask.astype(bool), 1)
+    inside = padded[1:-1, 1:-1]
+    # (neighbour offset (dr, dc), corner offsets (x, y) of the side's start and end)
+    sides = (((-1, 0), (0, 0), (1, 0)), ((0, 1), (1, 0), (1, 1)),
+             ((1, 0), (1, 1), (0, 1)), ((0, -1), (0, 1), (0, 0)))
+    h, w = mask.shape
+    edges = []
+    for (dr, dc), (sx, sy), (ex, ey) in sides:
+        outside = ~padded[1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
+        rows, cols = np.nonzero(inside & outside)
+        edges += [((int(c) + sx, int(r) + sy), (int(c) + ex, int(r) + ey))
+                  for r, c in zip(rows, cols)]
+    return edges
+
+
+def _drop_collinear(loop: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Keep only the corners of a closed loop (vertices where the direction changes)."""
+    n = len(loop)
+    return [b for a, b, c in ((loop[i - 1], loop[i], loop[(i + 1) % n]) for i in range(n))
+            if (b[0] - a[0]) * (c[1] - b[1]) != (b[1] - a[1]) * (c[0] - b[0])]
+
+
+def _shoelace2(points: list[tuple[int, int]]) -> int:
+    """Twice the signed area; positive for clockwise loops on screen (y down)."""
+    return sum(x0 * y1 - x1 * y0
+               for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
 
 
 def check_segmentation(segmentation: Any, height: int, width: int) -> tuple[str, str] | None:

@@ -20,7 +20,7 @@ _ANN_FIELDS = ("id", "category_id", "category_name", "bbox", "segmentation")
 @dataclass(frozen=True)
 class _Question:
     text: str
-    target_ids: tuple[int, ...]
+    targets: tuple[dict, ...]  # the resolved instance annotation of each answer, in order
     text_answer: str | None
     phrases: tuple[str, ...] | None  # from the optional "target_phrases" field
 
@@ -32,7 +32,6 @@ class _Record:
     image_id: int
     height: int
     width: int
-    anns: dict[int, dict]
     questions: tuple[tuple[int, _Question], ...]  # (question index in the file, question)
 
 
@@ -43,6 +42,18 @@ class MuseDataset(LenientReader, Sequence[Sample]):
     masks are decoded only when ``Sample.masks()`` is called. Target phrases are the
     instances' ``rephrased_name`` (else ``category_name``), unless the record carries the
     optional per-question ``target_phrases`` lists (written by ``pixellm-data``).
+
+    Answers and segmentations come in every form real MUSE-style files hold:
+
+    - an entry of ``answers[q]`` is a bare id, a reference ``{"id": ...}`` (older generated
+      files), or a full instance annotation (official MUSE: a copy of the ``ann_list`` entry);
+    - a full answer is used as it is: its own fields (``segmentation``, names...) win over
+      the ``ann_list`` entry with the same id, as in the official loader, which reads only
+      the answer; a full answer whose id is not in ``ann_list`` is an instance in its own
+      right and is validated like an ``ann_list`` entry. A reference to an id missing from
+      ``ann_list`` is an ``"unknown_instance"`` error;
+    - ``segmentation`` is polygons, uncompressed RLE (``counts`` a list of ints) or
+      compressed RLE (``counts`` a str or bytes).
 
     Args:
         json_path: a MUSE JSON file (a list of image records).
@@ -88,7 +99,7 @@ class MuseDataset(LenientReader, Sequence[Sample]):
         return self._sample(record, q_index, question)
 
     def _sample(self, record: _Record, q_index: int, question: _Question) -> Sample:
-        anns = [record.anns[i] for i in question.target_ids]
+        anns = question.targets
         phrases = question.phrases or tuple(phrase_of(a) for a in anns)
         answer = question.text_answer if question.text_answer is not None else (
             template_answer(phrases))
@@ -100,7 +111,8 @@ class MuseDataset(LenientReader, Sequence[Sample]):
             image_path=record.image_path, question=question.text, answer=answer,
             phrases=phrases, height=record.height, width=record.width,
             image_id=record.image_id, question_index=q_index, source=self._file,
-            target_ids=question.target_ids, _load_masks=loader,
+            target_ids=tuple(int(a["id"]) for a in anns),
+            names=tuple(phrase_of(a) for a in anns), _load_masks=loader,
         )
 
     def _add(self, index: int, raw: Any) -> None:
@@ -138,32 +150,36 @@ class MuseDataset(LenientReader, Sequence[Sample]):
         for q, text in enumerate(raw["questions"]):
             try:
                 questions.append((q, self._parse_question(index, q, text, raw["answers"][q],
-                                                          texts[q], phrases[q], anns)))
+                                                          texts[q], phrases[q], anns,
+                                                          (height, width))))
             except DatasetFormatError as err:
                 if self.strict:
                     raise
                 self._skips.add(err, unit="question")
         image_id = int(raw.get("id", raw.get("image_id", index)))
-        return _Record(index, image_path, image_id, height, width, anns, tuple(questions))
+        return _Record(index, image_path, image_id, height, width, tuple(questions))
 
     def _parse_anns(self, index: int, ann_list: Any, height: int, width: int) -> dict[int, dict]:
         if not isinstance(ann_list, list):
             raise self._error(index, "missing_field", "'ann_list' is not a list")
         anns: dict[int, dict] = {}
         for a, ann in enumerate(ann_list):
-            missing = [f for f in _ANN_FIELDS if not isinstance(ann, dict) or f not in ann]
-            if missing:
-                raise self._error(index, "missing_field", f"ann_list[{a}] lacks {missing}")
-            problem = masklib.check_segmentation(ann["segmentation"], height, width) or (
-                masklib.check_bbox(ann["bbox"], height, width))
-            cat = ann["category_id"]
-            if not problem and (not isinstance(cat, int) or isinstance(cat, bool) or cat < 1):
-                problem = ("bad_category", f"category_id {cat!r} is not a positive integer")
-            if problem:
-                raise self._error(index, problem[0], f"ann_list[{a}] (id {ann['id']}): "
-                                  f"{problem[1]}")
+            self._check_ann(index, f"ann_list[{a}]", ann, height, width)
             anns[int(ann["id"])] = ann
         return anns
+
+    def _check_ann(self, index: int, where: str, ann: Any, height: int, width: int) -> None:
+        """Cheap checks of one instance annotation (no decoding); ``where`` locates it."""
+        missing = [f for f in _ANN_FIELDS if not isinstance(ann, dict) or f not in ann]
+        if missing:
+            raise self._error(index, "missing_field", f"{where} lacks {missing}")
+        problem = masklib.check_segmentation(ann["segmentation"], height, width) or (
+            masklib.check_bbox(ann["bbox"], height, width))
+        cat = ann["category_id"]
+        if not problem and (not isinstance(cat, int) or isinstance(cat, bool) or cat < 1):
+            problem = ("bad_category", f"category_id {cat!r} is not a positive integer")
+        if problem:
+            raise self._error(index, problem[0], f"{where} (id {ann['id']}): {problem[1]}")
 
     def _check_lengths(self, index: int, raw: dict, optional: str) -> list:
         """Questions and answers pair up; the optional per-question field, if present, too."""
@@ -182,35 +198,50 @@ class MuseDataset(LenientReader, Sequence[Sample]):
         return texts
 
     def _parse_question(self, index: int, q: int, text: Any, answer: Any,
-                        text_answer: Any, phrases: Any, anns: dict[int, dict]) -> _Question:
+                        text_answer: Any, phrases: Any, anns: dict[int, dict],
+                        size: tuple[int, int]) -> _Question:
         if not isinstance(text, str) or not isinstance(answer, list):
             raise self._error(index, "missing_field", f"question {q} is not a string with a "
                               "list of answers")
-        ids = tuple(self._target_id(index, q, item, anns) for item in answer)
+        targets = tuple(self._target(index, q, k, item, anns, size)
+                        for k, item in enumerate(answer))
         if text_answer is not None and (
-            not isinstance(text_answer, str) or text_answer.count(SEG) != len(ids)
+            not isinstance(text_answer, str) or text_answer.count(SEG) != len(targets)
         ):
             found = text_answer.count(SEG) if isinstance(text_answer, str) else "no"
             raise self._error(index, "placeholder_count", f"question {q}: text answer has "
-                              f"{found} {SEG} placeholder(s) for {len(ids)} target(s)")
+                              f"{found} {SEG} placeholder(s) for {len(targets)} target(s)")
         if phrases is not None and (
-            not isinstance(phrases, list) or len(phrases) != len(ids)
+            not isinstance(phrases, list) or len(phrases) != len(targets)
             or not all(isinstance(p, str) for p in phrases)
         ):
             raise self._error(index, "phrase_count", f"question {q}: target_phrases must hold "
-                              f"one string per target ({len(ids)})")
-        return _Question(text, ids, text_answer, tuple(phrases) if phrases else None)
+                              f"one string per target ({len(targets)})")
+        return _Question(text, targets, text_answer, tuple(phrases) if phrases else None)
 
-    def _target_id(self, index: int, q: int, item: Any, anns: dict[int, dict]) -> int:
-        """An answer item is an instance dict with an "id" or a bare id; it must be in ann_list."""
+    def _target(self, index: int, q: int, k: int, item: Any, anns: dict[int, dict],
+                size: tuple[int, int]) -> dict:
+        """The instance annotation of answer ``k`` of question ``q`` (see the class doc):
+        the ``ann_list`` entry for a bare id or a reference, else the answer's own fields
+        over that entry."""
         ann_id = item.get("id") if isinstance(item, dict) else item
         if not isinstance(ann_id, int) or isinstance(ann_id, bool):
             raise self._error(index, "missing_field", f"question {q}: answer {item!r} has no "
                               "integer 'id'")
-        if ann_id not in anns:
-            raise self._error(index, "unknown_instance", f"question {q}: answer id {ann_id} is "
-                              "not in ann_list")
-        return ann_id
+        base = anns.get(ann_id)
+        if not isinstance(item, dict) or (
+            base is not None and all(base.get(f) == v for f, v in item.items())
+        ):  # a reference, or a faithful copy: share the ann_list entry
+            if base is None:
+                raise self._error(index, "unknown_instance", f"question {q}: answer id "
+                                  f"{ann_id} is not in ann_list")
+            return base
+        if base is None and "segmentation" not in item:
+            raise self._error(index, "unknown_instance", f"question {q}: answer id {ann_id} "
+                              "is not in ann_list and has no segmentation of its own")
+        merged = {**(base or {}), **item}
+        self._check_ann(index, f"question {q}: answer {k}", merged, *size)
+        return merged
 
     def _resolve_image(self, index: int, raw: dict) -> pathlib.Path:
         candidates = image_candidates(raw, self.image_root)

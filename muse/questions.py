@@ -14,6 +14,9 @@ from .shapes import COLOURS, CORNERS, PLURALS, POINTY, SHAPES, WITH_HOLE
 NO_SHAPE_ANSWER = "No shape matches."
 SPATIAL_MARGIN = 3.0  # px at 64: centroids closer than this on the axis make "left of" unclear
 SIZE_RATIO = 1.25  # k-th vs (k+1)-th visible area for "the k largest" to be unambiguous
+# A question family whose natural target set is larger than this fraction of the scene is
+# narrowed by a colour ("which red shapes ..."), so that guessing many objects does not pay.
+MAX_TARGET_FRACTION = 0.4
 
 
 @dataclass(frozen=True)
@@ -108,14 +111,26 @@ _KNOWLEDGE: tuple[tuple[str, Callable[[str], bool]], ...] = (
 )
 
 
+def _narrow(scene: Scene, rng: np.random.Generator, targets: list[int],
+            always: bool = False) -> tuple[str | None, list[int]]:
+    """Restrict a large target set to one colour present in it.
+
+    Returns:
+        (the colour, or None when the set was kept, the targets). The set is narrowed when
+        ``always`` or when it holds more than :data:`MAX_TARGET_FRACTION` of the objects.
+    """
+    if not targets or not (always or len(targets) > MAX_TARGET_FRACTION * len(scene.objects)):
+        return None, targets
+    c = _pick(rng, sorted({scene.objects[i].colour for i in targets}))
+    return c, [i for i in targets if scene.objects[i].colour == c]
+
+
 def ask_knowledge(scene: Scene, rng: np.random.Generator) -> Draw:
-    """A property of the shape category, sometimes restricted to a colour."""
+    """A property of the shape category, restricted to a colour when it holds many shapes."""
     prop, pred = _pick(rng, _KNOWLEDGE)
-    if rng.random() < 0.2:
-        c = _pick(rng, _present(scene, "colour"))
-        targets = _where(scene, lambda o: o.colour == c and pred(o.shape))
-        return f"Which {c} shapes {prop}?", targets
-    return f"Which shapes {prop}?", _where(scene, lambda o: pred(o.shape))
+    c, targets = _narrow(scene, rng, _where(scene, lambda o: pred(o.shape)),
+                         always=rng.random() < 0.2)
+    return (f"Which {c} shapes {prop}?" if c else f"Which shapes {prop}?"), targets
 
 
 _RELATIONS = {  # name -> (axis, sign): target when sign * (target - reference) > margin
@@ -124,7 +139,8 @@ _RELATIONS = {  # name -> (axis, sign): target when sign * (target - reference) 
 
 
 def ask_spatial(scene: Scene, rng: np.random.Generator) -> Draw:
-    """Shapes on one side of a reference object, by centroid with a clear margin.
+    """Shapes on one side of a reference object, by centroid with a clear margin; restricted
+    to one colour when many shapes lie on that side.
 
     Tries (reference, relation) pairs in random order and keeps the first where no other
     object is near the reference on that axis and at least one lies on the asked side.
@@ -138,9 +154,10 @@ def ask_spatial(scene: Scene, rng: np.random.Generator) -> Draw:
         offsets = [sign * (o.centroid[axis] - ref.centroid[axis]) for o in scene.objects]
         others = [d for i, d in enumerate(offsets) if i != ref_i]
         if all(abs(d) > margin for d in others) and max(others, default=0) > margin:
-            text = _pick(rng, ("Which shapes are {r} the {x}?", "Find the shapes {r} the {x}."))
-            return text.format(r=name, x=ref.phrase), [
-                i for i, d in enumerate(offsets) if d > margin]
+            c, targets = _narrow(scene, rng, [i for i, d in enumerate(offsets) if d > margin])
+            what = f"{c} shapes" if c else "shapes"
+            text = _pick(rng, ("Which {w} are {r} the {x}?", "Find the {w} {r} the {x}."))
+            return text.format(w=what, r=name, x=ref.phrase), targets
     return None
 
 
@@ -167,20 +184,15 @@ def ask_comparative(scene: Scene, rng: np.random.Generator) -> Draw:
 
 
 def ask_except(scene: Scene, rng: np.random.Generator) -> Draw:
-    """Every shape but those of one colour or one shape."""
+    """The shapes of one colour but one shape, or of one shape but one colour."""
+    o = _pick(rng, scene.objects)
     if rng.random() < 0.5:
-        c = _pick(rng, _present(scene, "colour"))
-        text = _pick(rng, ("Everything except the {c} ones.", "Which shapes are not {c}?"))
-        return text.format(c=c), _where(scene, lambda o: o.colour != c)
-    s = _pick(rng, _present(scene, "shape"))
-    text = _pick(rng, ("Find all shapes except the {p}.", "Everything except the {p}."))
-    return text.format(p=PLURALS[s]), _where(scene, lambda o: o.shape != s)
-
-
-def ask_all(scene: Scene, rng: np.random.Generator) -> Draw:
-    """Every shape."""
-    text = _pick(rng, ("Segment all the shapes.", "Find every shape in the image."))
-    return text, list(range(len(scene.objects)))
+        text = _pick(rng, ("Which {c} shapes are not {p}?", "Find the {c} shapes except the {p}."))
+        return (text.format(c=o.colour, p=PLURALS[o.shape]),
+                _where(scene, lambda x: x.colour == o.colour and x.shape != o.shape))
+    text = _pick(rng, ("Which {p} are not {c}?", "Find all the {p} except the {c} one."))
+    return (text.format(c=o.colour, p=PLURALS[o.shape]),
+            _where(scene, lambda x: x.shape == o.shape and x.colour != o.colour))
 
 
 def ask_absent(scene: Scene, rng: np.random.Generator) -> Draw:
@@ -200,14 +212,30 @@ def ask_absent(scene: Scene, rng: np.random.Generator) -> Draw:
     return None
 
 
+REFERRING_SIZES = (1, 2, 3, 4, 5, 6)  # expressions joined in one referring question ...
+REFERRING_PROBS = (0.3, 0.15, 0.15, 0.15, 0.125, 0.125)  # ... drawn with these probabilities
+
+
+def ask_referring(scene: Scene, rng: np.random.Generator) -> Question:
+    """Referring data: 1 to 6 unique expressions joined as the multi-referring split asks them.
+
+    Returns:
+        a :class:`Question` whose targets follow the expressions' order and whose phrases are
+        the expressions themselves (``"the leftmost shape {seg}"``), as in ``multi_ref``.
+    """
+    size = int(rng.choice(REFERRING_SIZES, p=REFERRING_PROBS))
+    return multi_ref_question(scene, rng, size, family="referring")
+
+
 FAMILIES: dict[str, Callable[[Scene, np.random.Generator], Draw]] = {
     "colour": ask_colour, "shape": ask_shape, "pair": ask_pair, "colour_or": ask_colour_or,
     "knowledge": ask_knowledge, "spatial": ask_spatial, "comparative": ask_comparative,
-    "except": ask_except, "all": ask_all, "absent": ask_absent,
+    "except": ask_except, "absent": ask_absent,
 }
+# "referring" draws a whole Question (its order is the expressions', not the reading order).
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "colour": 0.10, "shape": 0.10, "pair": 0.04, "colour_or": 0.14, "knowledge": 0.12,
-    "spatial": 0.15, "comparative": 0.05, "except": 0.12, "all": 0.10, "absent": 0.08,
+    "colour": 0.11, "shape": 0.11, "pair": 0.04, "colour_or": 0.14, "knowledge": 0.12,
+    "spatial": 0.12, "comparative": 0.05, "except": 0.06, "absent": 0.10, "referring": 0.15,
 }
 
 
@@ -220,20 +248,33 @@ def reading_order(scene: Scene, targets: list[int]) -> tuple[int, ...]:
     return tuple(sorted(targets, key=lambda i: (scene.objects[i].centroid[1], scene.objects[i].centroid[0], i)))
 
 
+def _stackable(questions: list[Question], cap: int) -> bool:
+    """Whether a zero-target question, if any, has a companion with 1 to ``cap`` targets."""
+    return (all(q.targets for q in questions)
+            or any(0 < len(q.targets) <= cap for q in questions))
+
+
 def make_questions(scene: Scene, rng: np.random.Generator, count: int, *,
                    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
-                   max_tries: int = 50) -> list[Question]:
+                   max_tries: int = 50, companion_cap: int = 1 << 30) -> list[Question]:
     """Draw up to ``count`` distinct questions (by text) about one scene.
+
+    A zero-target question always has a companion question with 1 to ``companion_cap``
+    targets: the official MUSE loader stacks every target mask of a record and cannot stack
+    none, and a test image's questions are split by count (``companion_cap`` = the test_less
+    cap), so each part must hold a target. The last draw is refused when it would break this;
+    if the draws run out first, the zero-target questions are left out.
 
     Args:
         scene: the scene (at least one object).
         rng: the random generator.
         count: number of questions wanted.
-        weights: family name -> sampling weight.
+        weights: family name -> sampling weight (names of :data:`FAMILIES` or "referring").
         max_tries: draws allowed before giving up on more questions.
 
     Returns:
-        the questions; targets in :func:`reading_order` and phrased "red circle".
+        the questions; targets in :func:`reading_order` and phrased "red circle", except the
+        referring ones (expression order, phrased as the expressions).
     """
     names = list(weights)
     probs = np.array([weights[n] for n in names], dtype=np.float64)
@@ -244,15 +285,22 @@ def make_questions(scene: Scene, rng: np.random.Generator, count: int, *,
         if len(out) == count:
             break
         family = names[int(rng.choice(len(names), p=probs))]
-        drawn = FAMILIES[family](scene, rng)
-        if drawn is None or drawn[0] in seen or (family != "absent" and not drawn[1]):
-            continue  # non-"absent" families must have targets: zero-target rate stays set
-        seen.add(drawn[0])
-        targets = reading_order(scene, drawn[1])
-        phrases = tuple(scene.objects[i].phrase for i in targets)
-        out.append(Question(drawn[0], targets, phrases,
-                            template_answer(phrases, empty=NO_SHAPE_ANSWER), family))
-    return out
+        if family == "referring":
+            question = ask_referring(scene, rng)
+        else:
+            drawn = FAMILIES[family](scene, rng)
+            if drawn is None or (family != "absent" and not drawn[1]):
+                continue  # non-"absent" families must have targets: zero-target rate stays set
+            targets = reading_order(scene, drawn[1])
+            phrases = tuple(scene.objects[i].phrase for i in targets)
+            question = Question(drawn[0], targets, phrases,
+                                template_answer(phrases, empty=NO_SHAPE_ANSWER), family)
+        last = len(out) == count - 1
+        if question.text in seen or (last and not _stackable([*out, question], companion_cap)):
+            continue
+        seen.add(question.text)
+        out.append(question)
+    return out if _stackable(out, companion_cap) else [q for q in out if q.targets]
 
 
 _EXTREMES = (("leftmost", 0, -1), ("rightmost", 0, 1), ("topmost", 1, -1), ("bottommost", 1, 1))
@@ -288,20 +336,23 @@ def referring_expressions(scene: Scene) -> list[list[str]]:
     return exprs
 
 
-def multi_ref_question(scene: Scene, rng: np.random.Generator, group_size: int) -> Question:
+def multi_ref_question(scene: Scene, rng: np.random.Generator, group_size: int, *,
+                       family: str = "multi_ref") -> Question:
     """Join unique expressions of distinct objects: "What are A, B and C in this image?".
 
     Args:
         scene: the scene (at least one object).
         rng: the random generator.
         group_size: wanted number of expressions (capped by the number of objects).
+        family: the family name the question carries.
 
     Returns:
-        a question whose targets follow the expressions' order (not the reading order).
+        a question whose targets follow the expressions' order (not the reading order) and
+        whose answer names each target by its expression: ``"the leftmost shape {seg} and
+        the red ring {seg}."``.
     """
     exprs = referring_expressions(scene)
     k = min(group_size, len(scene.objects))
     targets = tuple(int(i) for i in rng.choice(len(scene.objects), size=k, replace=False))
     phrases = tuple(_pick(rng, exprs[i]) for i in targets)
-    return Question(multi_question(phrases), targets, phrases, template_answer(phrases),
-                    "multi_ref")
+    return Question(multi_question(phrases), targets, phrases, template_answer(phrases), family)

@@ -28,6 +28,9 @@ class Sample:
         question_index: index of the question among the image's questions.
         source: name of the file or split the sample came from.
         target_ids: annotation ids of the targets, in answer order (may be empty).
+        names: the targets' instance names (``rephrased_name``, else ``category_name``), in
+            answer order; empty when the source has none. They differ from ``phrases`` in
+            referring questions, whose phrases are expressions ("the leftmost shape").
     """
 
     image_path: pathlib.Path
@@ -40,6 +43,7 @@ class Sample:
     question_index: int
     source: str
     target_ids: tuple[int, ...] = ()
+    names: tuple[str, ...] = ()
     # Zero-argument loader so masks are decoded on access, never at load time.
     _load_masks: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 

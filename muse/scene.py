@@ -12,10 +12,10 @@ from .shapes import COLOURS, shape_mask
 
 # Sizes are given for a 64-pixel image and scale with the image side.
 BASE_SIZE = 64
-MIN_DIAMETER, MAX_DIAMETER = 10.0, 20.0
-MIN_VISIBLE_FRACTION = 0.5  # every object keeps at least half of its pixels visible
-MIN_VISIBLE_PIXELS = 20.0  # ... and at least this many (at 64 px)
-PLACEMENT_TRIES = 40
+MIN_DIAMETER, MAX_DIAMETER = 6.0, 12.0  # 9 to 18 px on the default 96-px canvas
+MIN_VISIBLE_FRACTION = 0.6  # every object keeps at least 60% of its pixels visible
+MIN_VISIBLE_PIXELS = 12.0  # ... and at least this many (at 64 px; 27 px at 96)
+PLACEMENT_TRIES = 60
 COLOUR_JITTER = 12  # per-object shift of the base colour, per channel
 PIXEL_NOISE = 5.0  # std of per-pixel noise on objects and background
 
@@ -69,7 +69,7 @@ def render_scene(rng: np.random.Generator, *, size: int, pairs: Sequence[tuple[s
     """Place up to ``num_objects`` shapes, each (colour, shape) pair at most once.
 
     Objects are placed one by one on top of the previous ones; a placement is rejected when
-    it would hide more than half of an earlier object, leave it fewer than the minimum
+    it would hide more than 40% of an earlier object, leave it fewer than the minimum
     pixels, or touch an object of the same colour (same-colour blobs would merge).
     An object that cannot be placed after ``PLACEMENT_TRIES`` tries is dropped, so the
     scene may hold fewer objects.
@@ -100,26 +100,39 @@ def render_scene(rng: np.random.Generator, *, size: int, pairs: Sequence[tuple[s
     return Scene(image=image, objects=objects)
 
 
+def _window(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
+    """The mask's bounding box grown by ``pad`` pixels, clipped to the canvas."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return (slice(max(int(rows[0]) - pad, 0), int(rows[-1]) + pad + 1),
+            slice(max(int(cols[0]) - pad, 0), int(cols[-1]) + pad + 1))
+
+
 def _place(rng, shape, colour, size, scale, full, visible, kept) -> np.ndarray | None:
-    """Try random poses until one satisfies the occlusion rules; None when none does."""
+    """Try random poses until one satisfies the occlusion rules; None when none does.
+
+    The checks only look at the candidate's bounding box (grown by the 2-px colour gap),
+    where it can touch or hide other objects.
+    """
     min_px = MIN_VISIBLE_PIXELS * scale**2
+    areas = [(int(v.sum()), int(f.sum())) for v, f in zip(visible, full, strict=True)]
     for _ in range(PLACEMENT_TRIES):
         radius = rng.uniform(MIN_DIAMETER, MAX_DIAMETER) * scale / 2
         cx, cy = rng.uniform(radius + 1, size - radius - 1, size=2)
         mask = shape_mask(shape, cx, cy, radius, rng.uniform(0, 2 * np.pi), size)
         if mask.sum() < min_px:
             continue
-        grown = ndimage.binary_dilation(mask, iterations=2)
-        if any(kept[k][0] == colour and (grown & full[k]).any() for k in range(len(kept))):
+        win = _window(mask, 2)
+        grown = ndimage.binary_dilation(mask[win], iterations=2)
+        if any(kept[k][0] == colour and (grown & full[k][win]).any() for k in range(len(kept))):
             continue
-        if all(_still_visible(v & ~mask, f, min_px) for v, f in zip(visible, full, strict=True)):
+        if all(_still_visible(vis - int((v[win] & mask[win]).sum()), whole, min_px)
+               for v, (vis, whole) in zip(visible, areas, strict=True)):
             return mask
     return None
 
 
-def _still_visible(vis: np.ndarray, full: np.ndarray, min_px: float) -> bool:
-    area = vis.sum()
-    return area >= MIN_VISIBLE_FRACTION * full.sum() and area >= min_px
+def _still_visible(area: int, full_area: int, min_px: float) -> bool:
+    return area >= MIN_VISIBLE_FRACTION * full_area and area >= min_px
 
 
 def _object(colour: str, shape: str, mask: np.ndarray) -> SceneObject:

@@ -15,6 +15,7 @@ from pixellm.muse import (
     RefCocoDataset,
     multi_referring,
 )
+from pixellm.muse import masks as masklib
 
 H, W = 10, 12
 
@@ -168,6 +169,15 @@ MALFORMED = {
     "missing_segmentation": (_set([0, "ann_list", 0, "segmentation"], _DELETE), 0,
                              "missing_field"),
     "missing_image_field": (_set([2, "coco_url"], _DELETE), 2, "missing_field"),
+    # full answers are checked like ann_list entries
+    "answer_unknown_without_segmentation": (
+        _set([1, "answers", 0], [{"id": 99, "bbox": [0, 0, 1, 1]}]), 1, "unknown_instance"),
+    "answer_own_bad_rle": (
+        _set([0, "answers", 1], [ann(2, "spoon", {"size": [H, W], "counts": [3]}, [0, 5, 3, 4])]),
+        0, "bad_rle"),
+    "answer_outside_ann_list_lacks_bbox": (
+        _set([1, "answers", 0], [{"id": 40, "category_id": 1, "category_name": "plate",
+                                  "segmentation": POLYGON}]), 1, "missing_field"),
 }
 
 
@@ -182,6 +192,66 @@ def test_malformed_record_raises_with_location(tmp_path, image_root, case):
     err = info.value
     assert (err.file, err.index, err.reason) == (str(path), index, reason)
     assert str(err).startswith(f"{path}[record {index}]: ")
+
+
+def test_bad_full_answer_names_its_question(tmp_path, image_root):
+    recs = records()
+    MALFORMED["answer_own_bad_rle"][0](recs)
+    with pytest.raises(DatasetFormatError, match=r"\[record 0\]: question 1: answer 0 \(id 2\)"):
+        MuseDataset(write(tmp_path, recs), image_root)
+
+
+def full_answers(recs: list[dict]) -> list[dict]:
+    """The official MUSE layout: every answer a full copy of its ann_list entry."""
+    for r in recs:
+        by_id = {a["id"]: a for a in r["ann_list"]}
+        r["answers"] = [[dict(by_id[a["id"] if isinstance(a, dict) else a]) for a in qa]
+                        for qa in r["answers"]]
+    return recs
+
+
+def test_full_answers_read_like_references(tmp_path, image_root):
+    full = full_answers(records())
+    assert full[0]["answers"][0][1]["segmentation"] == compressed(RLE_MASK)
+    assert full[1]["answers"][0][0]["segmentation"] == uncompressed(LIST_MASK)
+    refs = MuseDataset(write(tmp_path, records(), "refs.json"), image_root)
+    copies = MuseDataset(write(tmp_path, full, "full.json"), image_root)
+    assert len(refs) == len(copies) == 6
+    for a, b in zip(refs, copies, strict=True):
+        assert (a.answer, a.phrases, a.target_ids) == (b.answer, b.phrases, b.target_ids)
+        np.testing.assert_array_equal(a.masks(), b.masks())
+
+
+def test_full_answer_outside_ann_list_is_its_own_instance(tmp_path, image_root):
+    recs = records()
+    recs[1]["answers"][0] = [ann(40, "plate", uncompressed(RLE_MASK), [0, 5, 3, 4], "white plate")]
+    sample = MuseDataset(write(tmp_path, recs), image_root)[3]
+    assert (sample.target_ids, sample.phrases, sample.answer) == ((40,), ("white plate",),
+                                                                  "white plate {seg}.")
+    np.testing.assert_array_equal(sample.masks(), RLE_MASK[None])
+
+
+def test_full_answer_fields_win_over_ann_list(tmp_path, image_root):
+    recs = records()
+    own = {**recs[1]["ann_list"][1], "segmentation": uncompressed(RLE_MASK),
+           "bbox": [0, 5, 3, 4], "rephrased_name": "bent fork"}
+    recs[1]["answers"] = [[6], [own, 5]]  # id 6 once as a reference, once with its own mask
+    ds = MuseDataset(write(tmp_path, recs), image_root)
+    np.testing.assert_array_equal(ds[3].masks(), POLY_MASK[None])  # the ann_list entry
+    assert ds[4].phrases == ("bent fork", "knife") and ds[4].target_ids == (6, 5)
+    np.testing.assert_array_equal(ds[4].masks(), np.stack([RLE_MASK, LIST_MASK]))
+
+
+@pytest.mark.parametrize("form", ["polygon", "uncompressed", "compressed_str", "compressed_bytes"])
+def test_masks_decode_every_segmentation_form(form):
+    rle = compressed(RLE_MASK)
+    seg = {"polygon": POLYGON, "uncompressed": uncompressed(RLE_MASK), "compressed_str": rle,
+           "compressed_bytes": {**rle, "counts": rle["counts"].encode("ascii")}}[form]
+    expected = POLY_MASK if form == "polygon" else RLE_MASK
+    assert masklib.check_segmentation(seg, H, W) is None
+    np.testing.assert_array_equal(masklib.decode(seg, H, W), expected)
+    np.testing.assert_array_equal(masklib.decode_checked("f", 0, [seg, seg], H, W),
+                                  np.stack([expected, expected]))
 
 
 def test_bbox_within_one_pixel_is_accepted(tmp_path, image_root):

@@ -77,7 +77,8 @@ class ObjectWordDataset(Dataset):
             seen.update(s.target_ids)
             if keep:
                 masks.append(resize_mask_to_input(s.masks()[keep], size=self.image_size))
-                phrases += [self.tokenizer(s.phrases[k], add_special_tokens=False)["input_ids"] for k in keep]
+                names = s.names or s.phrases  # an object's name, not a referring expression
+                phrases += [self.tokenizer(names[k], add_special_tokens=False)["input_ids"] for k in keep]
         pre = resize_longest_and_pad(load_image(turns[0].image_path), size=self.image_size,
                                      mean=self.mean, std=self.std)
         return Objects(pre.pixels, torch.cat(masks), phrases)
