@@ -9,7 +9,9 @@ baseline by ``--margin`` (default 0.15) in both gIoU and cIoU.
 
 Splits: the generated dataset's val, test_less, test_many and multi_ref (``--data``); real
 MUSE (``--muse-root``) and refCOCO with its multi-referring questions (``--refcoco-root``)
-when given. ``--ablation`` also trains and benches the variants of :mod:`.runs` on val.
+when given. ``--fresh-data`` adds a fresh-seed generated dataset, benched the same way and
+reported apart with its gap to val. ``--ablation`` also trains and benches the variants of
+:mod:`.runs` on val.
 
 Writes under ``--out`` (default benchmarks/results), named after model, split, device, dtype
 and torch version: one JSON per split, a summary JSON, a Markdown report, and PNGs (gIoU by
@@ -17,6 +19,8 @@ number of targets; example overlays). Usage::
 
     pixellm-bench                                   # checkpoints/pixellm-tiny/final on data/shapes
     pixellm-bench --limit 100 --splits val          # quick look
+    pixellm-data --seed 1000 --train 0 --val 0 --out data/shapes-fresh
+    pixellm-bench --fresh-data data/shapes-fresh    # + scenes of an unseen seed
     pixellm-bench --muse-root /data/muse --refcoco-root /data/refer --skip-shapes
     pixellm-bench --ablation --train-args "--steps 1500 --seed 0"
 """
@@ -44,9 +48,10 @@ from .runs import (
     variant_argv,
     with_default_steps,
 )
-from .sources import MUSE_SPLITS, SHAPES_SPLITS, EvalSet, muse_sets, refcoco_sets
+from .sources import MUSE_SPLITS, SHAPES_SPLITS, EvalSet, fresh_sets, muse_sets, refcoco_sets
 
 WIDE_MARGIN = 0.15  # gIoU and cIoU points over the best baseline that count as "wide"
+VAL_SPLIT = "shapes-val"  # what the fresh-seed splits are compared with
 DEFAULT_CHECKPOINT = Path("checkpoints/pixellm-tiny/final")
 
 
@@ -57,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("data/shapes"), help="generated dataset")
     p.add_argument("--splits", nargs="+", default=list(SHAPES_SPLITS), help="its splits")
     p.add_argument("--skip-shapes", action="store_true", help="only the real data given below")
+    p.add_argument("--fresh-data", type=Path, default=None,
+                   help="fresh-seed dataset (pixellm-data --seed S --train 0 --val 0 --out DIR): "
+                        "its splits are benched too, reported apart with the gap to val")
     p.add_argument("--muse-root", type=Path, default=None, help="real MUSE: DIR/muse_<split>.json + DIR/images/")
     p.add_argument("--muse-splits", nargs="+", default=list(MUSE_SPLITS))
     p.add_argument("--muse-images", type=Path, default=None, help="MUSE image root (default: <muse-root>/images)")
@@ -152,6 +160,30 @@ def bench_set(predictor, es: EvalSet, args: argparse.Namespace) -> tuple[dict, l
     return result, examples
 
 
+def bench_fresh(predictor, seed: int, sets: list[EvalSet], val: dict | None,
+                args: argparse.Namespace) -> tuple[dict, dict[str, list]]:
+    """Bench the fresh-seed splits like the others.
+
+    Args:
+        seed: the fresh dataset's seed. sets: its splits (:func:`~.sources.fresh_sets`).
+        val: the generated val split's result (gap reference), or None if not benched.
+
+    Returns:
+        ({"seed", "data", "val": the reference split's name or None, "sets": results, each
+          with "gap_to_val": {"giou", "ciou"} = its score minus val's, or None},
+         split name -> kept (sample, Prediction) pairs).
+    """
+    ref = val["generation"]["all"] if val else None
+    results, examples = [], {}
+    for es in sets:
+        result, examples[es.name] = bench_set(predictor, es, args)
+        result["gap_to_val"] = None if ref is None else {
+            m: result["generation"]["all"][m] - ref[m] for m in ("giou", "ciou")}
+        results.append(result)
+    return ({"seed": seed, "data": str(args.fresh_data), "val": val["name"] if val else None,
+             "sets": results}, examples)
+
+
 def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
                  val: EvalSet, default_val: dict | None) -> dict:
     """Train (or reuse) each variant, bench it on ``val`` in generation mode, tabulate.
@@ -227,19 +259,21 @@ def _meta(args: argparse.Namespace, predictor, checkpoint: Path, argv: list[str]
                 command=" ".join(["pixellm-bench", *(sys.argv[1:] if argv is None else argv)]))
 
 
-def _setup(args: argparse.Namespace) -> tuple[Path, list[EvalSet], EvalSet | None, object]:
-    """(checkpoint, splits, the ablation's val split or None, predictor); InputError early."""
+def _setup(args: argparse.Namespace):
+    """(checkpoint, splits, fresh (seed, splits) or None, the ablation's val split or None,
+    predictor); InputError early."""
     from pixellm.predictor import PixelLMPredictor
 
     checkpoint = check_checkpoint(args.checkpoint)
     sets, val = eval_sets(args), None
+    fresh = fresh_sets(args.fresh_data, strict=not args.lenient_data) if args.fresh_data else None
     if args.ablation:  # the variants train and bench on the generated data
         selected_variants(args.variants)  # a typo fails now, not after the benchmark
         val = next((es for es in sets if es.name == "shapes-val"), None) or muse_sets(
             "shapes", args.data, ["val"], strict=not args.lenient_data)[0]
     predictor = PixelLMPredictor.from_pretrained(checkpoint, device=args.device, dtype=_dtype(args),
                                                  max_new_tokens=args.max_new_tokens)
-    return checkpoint, sets, val, predictor
+    return checkpoint, sets, fresh, val, predictor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        checkpoint, sets, val, predictor = _setup(args)
+        checkpoint, sets, fresh, val, predictor = _setup(args)
     except (InputError, CheckpointError) as e:
         print(f"pixellm-bench: error: {e}", file=sys.stderr)
         return 2
@@ -261,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         result, examples[es.name] = bench_set(predictor, es, args)
         results.append(result)
     report = {"meta": _meta(args, predictor, checkpoint, argv),
-              "training": training_stats(checkpoint.parent), "sets": results, "ablation": None}
+              "training": training_stats(checkpoint.parent), "sets": results, "fresh": None,
+              "ablation": None}
+    if fresh:
+        val_result = next((r for r in results if r["name"] == VAL_SPLIT), None)
+        report["fresh"], more = bench_fresh(predictor, *fresh, val_result, args)
+        examples.update(more)
     status = 0
     if val is not None:
         default_val = next((r["generation"] for r in results if r["name"] == val.name), None)

@@ -5,6 +5,7 @@ Every set pairs its questions with an :class:`~pixellm.benchmarks.baselines.Inst
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,37 @@ def muse_sets(source: str, root: str | Path, splits: Sequence[str], *,
         out.append(EvalSet(f"{source}-{split}", MuseDataset(path, images, strict=strict),
                            shared or InstanceIndex.from_muse_json(path)))
     return out
+
+
+def fresh_sets(root: str | Path, *, strict: bool = True) -> tuple[int, list[EvalSet]]:
+    """The splits of a fresh-seed generated dataset that hold questions.
+
+    A fresh-seed set is the generator run with another seed and no train or val images
+    (``pixellm-data --seed S --train 0 --val 0 --out DIR``): new scenes from the same
+    distribution, never seen in training nor used to choose a checkpoint.
+
+    Args:
+        root: the dataset folder (``meta.json`` gives the seed).
+        strict: raise on a malformed record (else skip it).
+
+    Returns:
+        (seed, sets): the sets are named "shapes-seed<S>-<split>", among val, test_less,
+        test_many and multi_ref, those whose file exists and is not empty.
+    Raises:
+        InputError: no readable ``meta.json`` with a seed, or no split with a question.
+    """
+    root, how = Path(root), f"make it with `pixellm-data --seed S --train 0 --val 0 --out {root}`"
+    try:
+        seed = int(json.loads((root / "meta.json").read_text(encoding="utf-8"))["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"fresh data: no seed in {root / 'meta.json'} ({type(e).__name__}: {e}); {how}") from e
+    splits = [s for s in SHAPES_SPLITS if (root / f"muse_{s}.json").is_file()]
+    sets = [EvalSet(f"shapes-seed{seed}-{split}", es.samples, es.instances)
+            for split, es in zip(splits, muse_sets("shapes", root, splits, strict=strict), strict=True)
+            if len(es.samples)]
+    if not sets:
+        raise InputError(f"fresh data: no split of {root} holds a question; {how}")
+    return seed, sets
 
 
 def refcoco_sets(root: str | Path, splits: Sequence[str], *, dataset: str = "refcoco",

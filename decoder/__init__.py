@@ -4,7 +4,7 @@ Building blocks (``Attention``, ``LayerNorm2d``, ``SinePositionEncoding``, ``Mas
 ``pixellm.decoder.transformer``, ``.common`` and ``.pixel_decoder``.
 """
 
-from .losses import dice_loss, mask_losses, refinement_weights, total_loss
+from .losses import dice_loss, iou_loss, mask_iou, mask_losses, refinement_weights, total_loss
 from .pixel_decoder import DecoderOutput, PixelDecoder, postprocess_masks, scale_factors
 from .transformer import TwoWayTransformer
 
@@ -13,6 +13,8 @@ __all__ = [
     "PixelDecoder",
     "TwoWayTransformer",
     "dice_loss",
+    "iou_loss",
+    "mask_iou",
     "mask_losses",
     "postprocess_masks",
     "refinement_weights",

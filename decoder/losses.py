@@ -8,6 +8,10 @@ Target refinement (PixelLM): a pixel that two or more *predicted* masks of the s
 claim (logit > 0, no gradient through the claim) gets weight ``refine_alpha`` in the BCE of
 every mask of that question, weight 1 elsewhere. ``"refine"`` is the extra BCE this adds:
 ``mean_k mean_pixels (w - 1) * bce``, so ``bce + refine`` is the weighted BCE.
+
+IoU prediction (SAM): :func:`iou_loss` trains the decoder's predicted IoU of each mask
+against the IoU its binarised mask actually has, a label computed without gradient: no
+gradient reaches the mask logits through it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["dice_loss", "mask_losses", "refinement_weights", "total_loss"]
+__all__ = ["dice_loss", "iou_loss", "mask_iou", "mask_losses", "refinement_weights", "total_loss"]
 
 
 def dice_loss(logits: Tensor, targets: Tensor, *, smooth: float = 1.0) -> Tensor:
@@ -99,6 +103,50 @@ def mask_losses(
         refine_term = torch.zeros_like(bce)
     mask = bce_weight * (bce + refine_term) + dice_weight * dice
     return {"bce": bce, "dice": dice, "refine": refine_term, "mask": mask}
+
+
+@torch.no_grad()
+def mask_iou(logits: Tensor, targets: Tensor) -> Tensor:
+    """IoU of each binarised mask with its ground truth, without gradient.
+
+    Args:
+        logits: (K, H, W) mask logits; foreground where logit > 0.
+        targets: (K, H, W) ground truth in {0, 1} (float or bool); foreground where > 0.5.
+
+    Returns:
+        (K,) float32 IoU in [0, 1]; 1 where both masks are empty (as in ``muse.metrics``).
+    """
+    pred, gt = (logits > 0).flatten(1), (targets.float() > 0.5).flatten(1)  # (K, HW) bool
+    inter = (pred & gt).sum(1).float()  # (K,)
+    union = (pred | gt).sum(1).float()  # (K,)
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def iou_loss(iou_logits: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+    """Loss of the predicted IoU: binary cross-entropy against the actual IoU as a soft label,
+    less that label's entropy (a binary KL divergence: the same gradient as the BCE, and 0
+    when the prediction equals the actual IoU).
+
+    Args:
+        iou_logits: (K,) predicted IoU logits (the prediction is their sigmoid).
+        logits: (K, H, W) mask logits; only their binarisation is read, with no gradient.
+        targets: (K, H, W) ground truth in {0, 1}, same size as ``logits``.
+
+    Returns:
+        float32 scalar, the mean over the K masks of ``KL(Bernoulli(iou) || Bernoulli(p))``;
+        0, still attached to the graph of ``iou_logits``, when K = 0.
+    """
+    if iou_logits.shape != logits.shape[:1] or logits.shape != targets.shape:
+        raise ValueError(
+            f"need iou_logits (K,), logits and targets (K, H, W); got "
+            f"{tuple(iou_logits.shape)}, {tuple(logits.shape)}, {tuple(targets.shape)}"
+        )
+    if iou_logits.shape[0] == 0:
+        return iou_logits.float().sum() * 0.0
+    t = mask_iou(logits, targets)  # (K,) soft labels, no gradient
+    bce = F.binary_cross_entropy_with_logits(iou_logits.float(), t, reduction="none")  # (K,)
+    entropy = -(torch.xlogy(t, t) + torch.xlogy(1 - t, 1 - t))  # (K,) the BCE's floor
+    return (bce - entropy).mean()
 
 
 def total_loss(*, ce: Tensor, mask_parts: dict[str, Tensor], ce_weight: float = 1.0) -> Tensor:

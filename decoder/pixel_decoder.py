@@ -10,13 +10,25 @@ Per scale ``s`` (0 = deepest CLIP layer, decoded first):
    embedding of scale s]`` and the features plus a fixed 2-D sine encoding plus a learned level
    (scale) embedding;
 4. the features are upsampled by ``2**(s+1)`` (capped at ``upscale``) with stride-2
-   transposed convs, and a hypernetwork MLP on the first output token gives the weights of a
+   transposed convs, and a hypernetwork MLP on the first mask token gives the weights of a
    per-pixel dot product: the mask logits of that scale.
 
 The final logits are the finest scale's logits plus every coarser scale's logits bilinearly
 upsampled to the finest size: a logit-space sum, so each scale adds evidence on top of the
 coarser one (the coarse mask already steered the fine features through the modulation), and
 gradients from the final loss reach every scale directly.
+
+IoU prediction (SAM's, and the official PixelLM decoder's ``iou_token`` /
+``iou_prediction_head``; on by default): every scale's transformer also carries a learned IoU
+token, placed first as in SAM (``[IoU token, mask tokens, target]``). The IoU-prediction MLP
+reads the IoU tokens of *all* scales, concatenated, and gives one logit per target: its
+sigmoid predicts the IoU of the final binarised mask (logit > 0) with the ground truth. All
+scales, not only the finest, because the final logits are a sum over scales: each scale's
+IoU token attends to that scale's mask token and features, so together they see every term
+of the sum (the finest one also sees the coarse mask through the modulation). Its loss
+(:func:`~pixellm.decoder.losses.iou_loss`) takes the actual IoU as a label without gradient;
+like SAM's, its gradient trains the transformers the mask tokens share, and, here, the coarse
+mask logits through the modulated features the finer IoU token reads.
 """
 
 from __future__ import annotations
@@ -43,10 +55,19 @@ class DecoderOutput:
         logits: (K, H', W') final mask logits at the finest scale's resolution.
         per_scale: one (K, h_s * f_s, w_s * f_s) logit map per scale, deepest first, for deep
             supervision (``f_s`` from :func:`scale_factors`).
+        iou_logits: (K,) logits of the predicted IoU of each final binarised mask with its
+            ground truth (:attr:`iou` is their sigmoid); None for a decoder built without
+            the IoU head.
     """
 
     logits: Tensor
     per_scale: list[Tensor]
+    iou_logits: Tensor | None = None
+
+    @property
+    def iou(self) -> Tensor | None:
+        """(K,) predicted IoU in [0, 1], or None without the IoU head."""
+        return None if self.iou_logits is None else torch.sigmoid(self.iou_logits)
 
 
 def scale_factors(*, num_scales: int, upscale: int) -> list[int]:
@@ -95,26 +116,42 @@ class MaskHead(nn.Module):
     """One scale: two-way transformer, feature upsampling and the hypernetwork dot product."""
 
     def __init__(
-        self, *, dim: int, depth: int, heads: int, mlp_dim: int, num_output_tokens: int, factor: int
+        self,
+        *,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        num_output_tokens: int,
+        factor: int,
+        iou_token: bool = False,
     ) -> None:
-        """Args: dim, depth, heads, mlp_dim: transformer sizes. num_output_tokens: learned tokens
-        (the first one drives the hypernetwork). factor: mask size / feature grid size."""
+        """Args: dim, depth, heads, mlp_dim: transformer sizes. num_output_tokens: learned mask
+        tokens (the first one drives the hypernetwork). factor: mask size / feature grid size.
+        iou_token: add a learned IoU token in front of the mask tokens (SAM's token order)."""
         super().__init__()
+        self.iou_token = nn.Embedding(1, dim) if iou_token else None
         self.output_tokens = nn.Embedding(num_output_tokens, dim)
         self.transformer = TwoWayTransformer(dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim)
         self.upscaler, channels = _upscaler(dim, factor)
         self.hypernet = MLP(in_dim=dim, hidden_dim=dim, out_dim=channels, num_layers=3)
 
-    def forward(self, image: Tensor, image_pe: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self, image: Tensor, image_pe: Tensor, target: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
         """Args: image (K, dim, h, w) per-target features; image_pe (dim, h, w);
-        target (K, dim) fused target embedding. Returns: (K, h*factor, w*factor) logits."""
+        target (K, dim) fused target embedding. Returns: (K, h*factor, w*factor) logits and
+        the IoU token's output (K, dim) (None without an IoU token)."""
         k, c, h, w = image.shape
-        out_tokens = self.output_tokens.weight.expand(k, -1, -1)  # (K, T-1, dim)
-        tokens = torch.cat((out_tokens, target[:, None]), dim=1)  # (K, T, dim)
+        learned, n_iou = self.output_tokens.weight, 0  # (T_m, dim)
+        if self.iou_token is not None:
+            learned, n_iou = torch.cat((self.iou_token.weight, learned)), 1  # (1 + T_m, dim)
+        tokens = torch.cat((learned.expand(k, -1, -1), target[:, None]), dim=1)  # (K, T, dim)
         tokens, keys = self.transformer(tokens, image, image_pe)  # (K, T, dim), (K, hw, dim)
         feats = self.upscaler(keys.transpose(1, 2).reshape(k, c, h, w))  # (K, C', hf, wf)
-        weights = self.hypernet(tokens[:, 0])  # (K, C')
-        return torch.einsum("kc,kchw->khw", weights, feats)  # (K, hf, wf)
+        weights = self.hypernet(tokens[:, n_iou])  # (K, C') from the first mask token
+        logits = torch.einsum("kc,kchw->khw", weights, feats)  # (K, hf, wf)
+        return logits, (tokens[:, 0] if n_iou else None)
 
 
 class PixelDecoder(nn.Module):
@@ -131,6 +168,7 @@ class PixelDecoder(nn.Module):
         mlp_dim: int = 2048,
         num_output_tokens: int = 2,
         upscale: int = 4,
+        iou_head: bool = True,
     ) -> None:
         """Build the decoder.
 
@@ -146,6 +184,8 @@ class PixelDecoder(nn.Module):
             upscale: power of two; the finest mask is ``grid * upscale``. With 14-pixel patches
                 use >= 4 so the logits have >= 1/4 of the padded input's resolution. Scale s is
                 upsampled by ``min(2**(s+1), upscale)``.
+            iou_head: add an IoU token per scale and the IoU-prediction MLP (see the module
+                docstring); False builds the decoder without them (checkpoints from before it).
         """
         super().__init__()
         if len(in_dims) != num_scales:
@@ -165,8 +205,14 @@ class PixelDecoder(nn.Module):
                 mlp_dim=mlp_dim,
                 num_output_tokens=num_output_tokens,
                 factor=f,
+                iou_token=iou_head,
             )
             for f in self.factors
+        )
+        self.iou_prediction_head = (
+            MLP(in_dim=dim * num_scales, hidden_dim=dim, out_dim=1, num_layers=3)
+            if iou_head
+            else None
         )
 
     def forward(
@@ -180,10 +226,12 @@ class PixelDecoder(nn.Module):
             batch_index: (K,) int64, the image of each target.
 
         Returns:
-            :class:`DecoderOutput` with logits (K, h_L*f_L, w_L*f_L) and the per-scale logits.
+            :class:`DecoderOutput` with logits (K, h_L*f_L, w_L*f_L), the per-scale logits and
+            the IoU logits (K,) (None without the IoU head).
         """
         self._check(features, targets, batch_index)
         per_scale: list[Tensor] = []
+        iou_tokens: list[Tensor | None] = []
         for s, (feat, neck, head) in enumerate(zip(features, self.necks, self.heads, strict=True)):
             x = neck(feat).index_select(0, batch_index)  # (K, dim, h, w)
             if per_scale:
@@ -193,8 +241,13 @@ class PixelDecoder(nn.Module):
                 x = x * (torch.sigmoid(prev) + 1)  # (K, dim, h, w)
             pe = self.pos_enc(*x.shape[-2:], device=x.device, dtype=x.dtype)  # (dim, h, w)
             pe = pe + self.level_embed[s, :, None, None].to(x.dtype)  # (dim, h, w)
-            per_scale.append(head(x, pe, targets[:, s]))  # (K, h*f, w*f)
-        return DecoderOutput(logits=_combine(per_scale), per_scale=per_scale)
+            logits, iou_token = head(x, pe, targets[:, s])  # (K, h*f, w*f), (K, dim) or None
+            per_scale.append(logits)
+            iou_tokens.append(iou_token)
+        iou_logits = None
+        if self.iou_prediction_head is not None:
+            iou_logits = self.iou_prediction_head(torch.cat(iou_tokens, dim=-1))[:, 0]  # (K,)
+        return DecoderOutput(_combine(per_scale), per_scale, iou_logits)
 
     def _check(self, features: Sequence[Tensor], targets: Tensor, batch_index: Tensor) -> None:
         """Raise ValueError on inputs of the wrong count or shape."""

@@ -97,7 +97,7 @@ def build_model(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBa
         decoder=PixelDecoder(in_dims=[vision.width] * cb.num_scales, dim=dec.dim,
                              num_scales=cb.num_scales, depth=dec.depth, heads=dec.heads,
                              mlp_dim=dec.mlp_dim, num_output_tokens=dec.num_output_tokens,
-                             upscale=dec.upscale),
+                             upscale=dec.upscale, iou_head=loss.iou_weight > 0),
         image_token_id=image_id, codebook_ids=codebook_ids, ce_weight=loss.ce_weight,
         bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, refine=loss.refine,
         refine_alpha=loss.refine_alpha, block_ce=loss.block_ce,
@@ -105,7 +105,7 @@ def build_model(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBa
         if loss.phrase_weight > 0 else None,
         phrase_weight=loss.phrase_weight,
         region_head=RegionWordHead(in_dim=vision.width, vocab_size=vocab) if loss.region_weight > 0 else None,
-        region_weight=loss.region_weight,
+        region_weight=loss.region_weight, iou_weight=loss.iou_weight,
     )
     if dtype is not None:
         model.to(dtype)

@@ -84,6 +84,12 @@ class LossConfig:
     # Region words (codebook.RegionWordHead, not in PixelLM): the vision tower's deep patch
     # features under each target's mask predict the words of its phrase. 0: off, no head.
     region_weight: float = 0.0
+    # IoU prediction (SAM's IoU head, in the official PixelLM decoder too): the decoder predicts
+    # each mask's IoU with its ground truth, the predictor's per-target score. > 0 builds the
+    # head (an IoU token per scale and an MLP) and weighs its loss in the mask term; 0 builds
+    # none and scores targets without it. The default 0 is what configs written before the
+    # head mean, so their checkpoints still load; the shipped JSON configs set 1.0.
+    iou_weight: float = 0.0
 
 
 @dataclass
@@ -129,7 +135,7 @@ class PixelLMConfig:
                 f"codebook.num_scales is {self.codebook.num_scales}")
         if self.codebook.fusion not in ("linear", "mean"):
             raise ConfigError(f"{self.name}: codebook.fusion must be 'linear' or 'mean'")
-        for key in ("phrase_weight", "region_weight"):
+        for key in ("phrase_weight", "region_weight", "iou_weight"):
             if getattr(self.loss, key) < 0:
                 raise ConfigError(f"{self.name}: loss.{key} must be >= 0, got {getattr(self.loss, key)}")
         if self.llm.name_or_path is None and self.llm.config is None:

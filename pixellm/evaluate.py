@@ -5,19 +5,22 @@ other predictors (e.g. trivial baselines) on exactly the same questions.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
+from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from tqdm.auto import tqdm
 
 from .data import SegmentationDataset, collate
 from .decoder import postprocess_masks
 from .errors import InputError
 from .muse import MultiTargetIoU, ReferringIoU
-from .muse.metrics import NUM_K_BUCKETS
+from .muse.metrics import NUM_K_BUCKETS, pair_stats
 from .predictor import PixelLMPredictor, Prediction
 
 
@@ -37,6 +40,77 @@ class SplitScores:
         """{"all": metrics, "zero_target": metrics or None when no question had 0 targets}."""
         return {"all": self.all.compute(),
                 "zero_target": self.zero.compute() if self.zero.update_count else None}
+
+
+def target_hits(pred: torch.Tensor, gt: torch.Tensor, *, threshold: float = 0.5) -> list[bool]:
+    """Which predicted masks are hits: Hungarian-matched to a ground truth with IoU >= threshold.
+
+    The matching is :class:`~pixellm.muse.MultiTargetIoU`'s (``linear_sum_assignment`` on -IoU
+    from :func:`~pixellm.muse.metrics.pair_stats`), so the hits of a question are its
+    ``precision50`` true positives.
+
+    Args:
+        pred: (Kp, H, W) bool masks (or float logits); Kp may be 0.
+        gt: (Kg, H, W) bool masks of the same size; Kg may be 0.
+        threshold: the IoU a matched pair needs.
+
+    Returns:
+        Kp booleans in prediction order (all False when Kg = 0).
+    """
+    hits = [False] * pred.shape[0]
+    if pred.shape[0] and gt.shape[0]:
+        iou = pair_stats(pred, gt)[2]  # (Kp, Kg) float64
+        for r, c in zip(*linear_sum_assignment(-iou.cpu().numpy()), strict=True):
+            hits[r] = bool(iou[r, c] >= threshold)
+    return hits
+
+
+class ScoreQuality:
+    """How well per-target confidences tell hits (:func:`target_hits`) from misses: the AUROC
+    and the expected calibration error (torchmetrics; 10 equal-width bins, L1 norm)."""
+
+    def __init__(self, *, n_bins: int = 10) -> None:
+        self.auroc = BinaryAUROC()
+        self.ece = BinaryCalibrationError(n_bins=n_bins, norm="l1")
+        self.n, self.n_hits = 0, 0
+
+    def update(self, scores: Sequence[float], hits: Sequence[bool]) -> None:
+        """Add targets: their scores in [0, 1] (clipped) and whether each is a hit."""
+        if len(scores) != len(hits):
+            raise ValueError(f"{len(scores)} scores for {len(hits)} hit flags")
+        if not scores:
+            return
+        conf = torch.tensor(scores, dtype=torch.float32).clamp(0.0, 1.0)  # (n,)
+        hit = torch.tensor(hits, dtype=torch.long)  # (n,)
+        self.auroc.update(conf, hit)
+        self.ece.update(conf, hit)
+        self.n, self.n_hits = self.n + len(scores), self.n_hits + int(hit.sum())
+
+    def compute(self) -> dict:
+        """{"auroc", "ece", "n": targets, "n_hits", "note"}: NaN where undefined (no target:
+        both; all hits or all misses: the AUROC), with the reason in "note" (else None)."""
+        out = {"auroc": math.nan, "ece": math.nan, "n": self.n, "n_hits": self.n_hits, "note": None}
+        if self.n == 0:
+            return {**out, "note": "no kept predicted target to score"}
+        out["ece"] = float(self.ece.compute())
+        if self.n_hits in (0, self.n):
+            kind = "hits" if self.n_hits else "misses"
+            return {**out, "note": f"AUROC undefined: all {self.n} kept targets are {kind}"}
+        return {**out, "auroc": float(self.auroc.compute())}
+
+
+def zero_target_rate(predicted_counts: Sequence[int], true_counts: Sequence[int]) -> float:
+    """Share of the zero-target questions answered with no (kept) mask.
+
+    Args:
+        predicted_counts: per question, the number of kept predicted targets.
+        true_counts: per question, the number of true targets.
+
+    Returns:
+        a fraction in [0, 1]; NaN when no question has zero targets.
+    """
+    zero = [p for p, t in zip(predicted_counts, true_counts, strict=True) if t == 0]
+    return sum(p == 0 for p in zero) / len(zero) if zero else math.nan
 
 
 def k_bucket(k: int) -> str:
@@ -60,13 +134,24 @@ def _pred_masks(targets: Sequence, h: int, w: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.mask for t in targets]))
 
 
+ARTICLES = ("the", "a", "an")
+
+
 def _norm(phrases: Sequence[str]) -> list[str]:
-    return sorted(" ".join(p.lower().split()) for p in phrases)
+    """Phrases lower-cased, whitespace collapsed, one leading article dropped; sorted."""
+    out = []
+    for p in phrases:
+        words = p.lower().split()
+        if len(words) > 1 and words[0] in ARTICLES:
+            words = words[1:]
+        out.append(" ".join(words))
+    return sorted(out)
 
 
 def same_targets(predicted: Sequence[str], truth: Sequence[str]) -> bool:
     """Whether the answer names exactly the true targets: equal phrase multisets, compared
-    case- and whitespace-insensitively, in any order (``[] == []`` for zero-target questions)."""
+    case- and whitespace-insensitively and without a leading article ("The blue triangle" ==
+    "blue triangle"), in any order (``[] == []`` for zero-target questions)."""
     return _norm(predicted) == _norm(truth)
 
 
@@ -105,6 +190,42 @@ def _predict(predictor: PixelLMPredictor, batch: list, failures: list[str]) -> l
     return out
 
 
+class GenerationScores:
+    """What :func:`evaluate_generation` accumulates over the questions (see its Returns)."""
+
+    def __init__(self) -> None:
+        self.split, self.raw, self.score = SplitScores(), MultiTargetIoU(), ScoreQuality()
+        self.n, self.n_dup, self.malformed, self.named, self.text = 0, 0, 0, 0, 0.0
+        self.pred_counts: list[int] = []
+        self.true_counts: list[int] = []
+
+    def update(self, sample, pred: Prediction) -> None:
+        """Add one question: a :class:`pixellm.muse.Sample` and the model's prediction."""
+        gt = torch.from_numpy(sample.masks())  # (Kg, H, W) bool
+        kept = _pred_masks(pred.targets, sample.height, sample.width)  # (Kp, H, W)
+        self.split.update(kept, gt)
+        self.raw.update([_pred_masks(pred.targets + pred.duplicates, sample.height, sample.width)], [gt])
+        self.score.update([t.score for t in pred.targets], target_hits(kept, gt))
+        self.pred_counts.append(len(pred.targets))
+        self.true_counts.append(gt.shape[0])
+        phrases = [t.phrase for t in pred.targets + pred.duplicates]
+        self.n, self.n_dup = self.n + 1, self.n_dup + len(pred.duplicates)
+        self.malformed += bool(pred.malformed)
+        self.named += same_targets(phrases, sample.phrases)
+        self.text += phrase_iou(phrases, sample.phrases)
+
+    def compute(self) -> dict:
+        """The scores of :func:`evaluate_generation`, less the run's own fields."""
+        n = self.n
+        return {**self.split.compute(), "n": n, "n_malformed": self.malformed,
+                "target_phrase_acc": self.named / n if n else math.nan,
+                "phrase_giou": self.text / n if n else math.nan,
+                "with_duplicates": self.raw.compute(), "n_duplicates": self.n_dup,
+                "score": self.score.compute(),
+                "zero_target_rate": zero_target_rate(self.pred_counts, self.true_counts),
+                "n_zero_target": sum(k == 0 for k in self.true_counts)}
+
+
 def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch_size: int = 32,
                         limit: int = 0, progress: bool = True, keep_predictions: int = 0) -> dict:
     """Generate answers for ``samples`` and score them (DESIGN §5 multi-target metrics).
@@ -125,33 +246,25 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
          :func:`phrase_iou` (the answers' text scored as perfect masks of what they name),
          "with_duplicates": the "all" metrics of every block's mask (before the predictor's
          duplicate suppression), "n_duplicates": masks it dropped, "duplicate_iou": its
-         threshold (None: off), "examples": [(sample, Prediction), ...]}. The text measures
-         read every phrase of the answer, duplicates included.
+         threshold (None: off), "score": :class:`ScoreQuality` of the kept targets' scores
+         ({"auroc", "ece", "n", "n_hits", "note"}), "zero_target_rate": share of the
+         zero-target questions answered with no kept mask (NaN without such questions),
+         "n_zero_target": their number, "examples": [(sample, Prediction), ...]}. The text
+         measures read every phrase of the answer, duplicates included.
     """
     n = _count(samples, limit)
-    scores, examples, failures, malformed, named, text = SplitScores(), [], [], 0, 0, 0.0
-    raw, n_dup = MultiTargetIoU(), 0
+    tally, examples, failures = GenerationScores(), [], []
     t0 = time.perf_counter()
     for idx in _batches(n, batch_size, progress, "eval"):
         batch = [samples[i] for i in idx]
         for s, p in zip(batch, _predict(predictor, batch, failures), strict=True):
-            gt = torch.from_numpy(s.masks())
-            scores.update(_pred_masks(p.targets, s.height, s.width), gt)
-            raw.update([_pred_masks(p.targets + p.duplicates, s.height, s.width)], [gt])
-            n_dup += len(p.duplicates)
-            malformed += bool(p.malformed)
-            phrases = [t.phrase for t in p.targets + p.duplicates]
-            named += same_targets(phrases, s.phrases)
-            text += phrase_iou(phrases, s.phrases)
+            tally.update(s, p)
             if len(examples) < keep_predictions:
                 examples.append((s, p))
     secs = time.perf_counter() - t0
-    return {**scores.compute(), "queries_per_s": n / secs if secs else float("nan"), "n": n,
-            "n_failed": len(failures), "failures": failures[:10], "n_malformed": malformed,
-            "target_phrase_acc": named / n if n else float("nan"),
-            "phrase_giou": text / n if n else float("nan"), "with_duplicates": raw.compute(),
-            "n_duplicates": n_dup, "duplicate_iou": getattr(predictor, "duplicate_iou", None),
-            "examples": examples}
+    return {**tally.compute(), "queries_per_s": n / secs if secs else math.nan,
+            "n_failed": len(failures), "failures": failures[:10],
+            "duplicate_iou": getattr(predictor, "duplicate_iou", None), "examples": examples}
 
 
 def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tuple[list, list]:

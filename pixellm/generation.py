@@ -118,6 +118,7 @@ def _collect(model: PixelLM, feats, toks, probs, hid, eos_id: int) -> Generation
         if k:
             h_mat[r, :k] = torch.stack(hs[:k]).to(h_mat.dtype)
     block_hidden, batch_index = gather_blocks(h_mat, starts, len(model.codebook_ids))
-    logits = model.decode_masks(feats, block_hidden, batch_index)  # (K, h, w)
-    per_image = [logits[batch_index == i] for i in range(b)]
-    return Generation(tokens, token_probs, per_image, starts, malformed)
+    dec = model.decode_masks(feats, block_hidden, batch_index)  # logits (K, h, w), iou (K,)
+    rows = [batch_index == i for i in range(b)]
+    iou = None if dec.iou is None else [dec.iou[r] for r in rows]
+    return Generation(tokens, token_probs, [dec.logits[r] for r in rows], starts, malformed, iou)

@@ -21,7 +21,7 @@ from .codebook import (
     gather_blocks,
     parse_blocks,
 )
-from .decoder import PixelDecoder, mask_losses
+from .decoder import DecoderOutput, PixelDecoder, iou_loss, mask_losses
 from .llm import ImageProjector
 from .vision import VisionTower
 
@@ -32,7 +32,8 @@ class PixelLMOutput:
     mask_logits (K, h, w) at the decoder grid; batch_index (K,) image of each target.
     terms: the weighted parts of ``loss`` (with graph), which sum to it: "text", "mask" and,
     with a region head, "region"; counts: what each term averages over ("text": tokens,
-    "mask": masks, "region": covered patch weight), so a multi-process loop can renormalise."""
+    "mask": masks, "region": covered patch weight), so a multi-process loop can renormalise.
+    iou: (K,) the decoder's predicted IoU of each mask, in [0, 1]; None without an IoU head."""
 
     loss: torch.Tensor | None
     parts: dict[str, torch.Tensor]
@@ -41,6 +42,7 @@ class PixelLMOutput:
     batch_index: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    iou: torch.Tensor | None = None
 
 
 def answer_starts(labels: torch.Tensor) -> torch.Tensor:
@@ -78,6 +80,8 @@ class Generation:
     mask_logits: per image, (K_b, h, w) decoder logits, one per complete block in order.
     block_starts: per image, position in ``tokens`` of each complete block.
     malformed: per image, descriptions of dropped broken/truncated blocks.
+    iou: per image, (K_b,) the decoder's predicted IoU of each mask, in [0, 1]; None for a
+        model without an IoU head.
     """
 
     tokens: list[list[int]]
@@ -85,6 +89,7 @@ class Generation:
     mask_logits: list[torch.Tensor]
     block_starts: list[list[int]]
     malformed: list[list[str]] = field(default_factory=list)
+    iou: list[torch.Tensor] | None = None
 
 
 class PixelLM(nn.Module):
@@ -105,6 +110,8 @@ class PixelLM(nn.Module):
         region_head: optional :class:`~pixellm.codebook.RegionWordHead` on the deepest vision
             scale; in training its loss, times ``region_weight``, is a term of its own (a mean
             over covered patches, not over blocks).
+        iou_weight: weight of :func:`~pixellm.decoder.iou_loss` (the decoder's IoU prediction,
+            when it has the head) in the mask term, a mean over blocks like the masks.
     """
 
     def __init__(self, *, vision: VisionTower, projector: ImageProjector, llm: nn.Module,
@@ -113,7 +120,7 @@ class PixelLM(nn.Module):
                  dice_weight: float = 0.5, refine: bool = True, refine_alpha: float = 2.0,
                  block_ce: str = "all", phrase_head: PhraseHead | None = None,
                  phrase_weight: float = 0.0, region_head: RegionWordHead | None = None,
-                 region_weight: float = 0.0) -> None:
+                 region_weight: float = 0.0, iou_weight: float = 0.0) -> None:
         super().__init__()
         if block_ce not in ("first", "all"):
             raise ValueError(f"block_ce must be 'first' or 'all', got {block_ce!r}")
@@ -128,6 +135,7 @@ class PixelLM(nn.Module):
         self.ce_weight = ce_weight
         self.phrase_head, self.phrase_weight = phrase_head, phrase_weight
         self.region_head, self.region_weight = region_head, region_weight
+        self.iou_weight = iou_weight
 
     # -- pieces --------------------------------------------------------------------------
     @property
@@ -163,10 +171,11 @@ class PixelLM(nn.Module):
         return out.last_hidden_state, getattr(out, "past_key_values", None)
 
     def decode_masks(self, feats: list[torch.Tensor], block_hidden: torch.Tensor,
-                     batch_index: torch.Tensor) -> torch.Tensor:
-        """block_hidden (K, L*N, D) -> mask logits (K, h, w) at the decoder grid."""
+                     batch_index: torch.Tensor) -> DecoderOutput:
+        """block_hidden (K, L*N, D) -> :class:`DecoderOutput`: mask logits (K, h, w) at the
+        decoder grid and the IoU logits (K,) (None without an IoU head)."""
         targets = self.fusion(block_hidden)  # (K, L, C)
-        return self.decoder(feats, targets, batch_index).logits
+        return self.decoder(feats, targets, batch_index)
 
     # -- training ------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -189,8 +198,9 @@ class PixelLM(nn.Module):
         starts = [parse_blocks(row.tolist(), self.codebook_ids).starts for row in input_ids]
         block_hidden, batch_index = gather_blocks(hidden, starts, len(self.codebook_ids))
         targets = self.fusion(block_hidden)  # (K, L, C)
-        mask_logits = self.decoder(feats, targets, batch_index).logits  # (K, h, w)
-        out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index)
+        dec = self.decoder(feats, targets, batch_index)
+        mask_logits = dec.logits  # (K, h, w)
+        out = PixelLMOutput(None, {}, text_logits, mask_logits, batch_index, iou=dec.iou)
         if labels is not None and gt_masks is not None:
             gt = (torch.cat([m.to(mask_logits.device) for m in gt_masks]) if gt_masks
                   else mask_logits.new_zeros(0, *pixels.shape[-2:]))  # (K, S, S)
@@ -200,7 +210,7 @@ class PixelLM(nn.Module):
             questions = block_questions(labels, starts).to(batch_index.device)  # before block_ce masks labels
             if self.block_ce == "first":  # the forced rest of each block is not scored
                 labels = labels.masked_fill(torch.isin(input_ids, self._codebook[1:]), -100)
-            out.terms, out.parts = self._loss(text_logits, labels, mask_logits, questions, gt)
+            out.terms, out.parts = self._loss(text_logits, labels, dec, questions, gt)
             out.counts = {"text": int((labels[:, 1:] != -100).sum()), "mask": int(mask_logits.shape[0])}
             for name, (weight, value, count) in aux.items():
                 if count is None:  # a mean over blocks, like the masks
@@ -235,17 +245,21 @@ class PixelLM(nn.Module):
             out["region"] = (self.region_weight, total / max(weight, 1e-6), weight)
         return out
 
-    def _loss(self, text_logits, labels, mask_logits, questions, gt):
-        """Text CE and mask losses; ``gt`` (K, S, S) holds the masks of the K blocks in order and
-        ``questions`` (K,) the question of each (the refinement loss compares within one)."""
+    def _loss(self, text_logits, labels, dec: DecoderOutput, questions, gt):
+        """Text CE, mask losses and, with an IoU head, the IoU-prediction loss (in the mask
+        term); ``gt`` (K, S, S) holds the masks of the K blocks in order and ``questions`` (K,)
+        the question of each (the refinement loss compares within one)."""
         ce = F.cross_entropy(text_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                              ignore_index=-100)
-        logits = mask_logits
+        logits = dec.logits
         if gt.shape[0] == 0:
             gt = logits.new_zeros(logits.shape)
         elif gt.shape[-2:] != logits.shape[-2:]:  # score at the padded input resolution
             logits = F.interpolate(logits[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         m = mask_losses(logits.float(), gt.float(), questions, **self.loss_cfg)
+        if dec.iou_logits is not None and self.iou_weight > 0:  # the actual IoU at this resolution
+            m["iou"] = iou_loss(dec.iou_logits, logits, gt)
+            m["mask"] = m["mask"] + self.iou_weight * m["iou"]
         parts = {"ce": ce.detach(), **{k: v.detach() for k, v in m.items() if k != "mask"}}
         return {"text": self.ce_weight * ce, "mask": m["mask"]}, parts
 

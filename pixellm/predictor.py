@@ -22,8 +22,10 @@ class Target:
     """One predicted target.
 
     phrase: the answer phrase before its codebook block. mask: (H, W) bool at the original
-    image size. score: confidence in [0, 1] (mean foreground probability of the mask times the
-    probability of the block's first token). bbox: XYXY pixel box of the mask (zeros if empty).
+    image size. score: confidence in [0, 1]: the decoder's predicted IoU of the mask with the
+    true object (its IoU head, trained on the actual IoU); for a model built without that head,
+    the mean foreground probability of the mask times the probability of the block's first
+    token (see :func:`target_score`). bbox: XYXY pixel box of the mask (zeros if empty).
     rle: COCO RLE dict (``counts`` as str) of the mask. index: position of its block in the
     answer (0-based; the answer's phrases are ``targets`` and ``duplicates`` merged by index).
     """
@@ -76,6 +78,26 @@ def suppress_duplicates(masks: torch.Tensor, scores: Sequence[float], *, iou: fl
         if all(overlap[k][j] <= iou for j in kept):
             kept.append(k)
     return sorted(kept)
+
+
+def target_score(predicted_iou: float | None, probs: torch.Tensor, mask: torch.Tensor,
+                 block_prob: float) -> float:
+    """A target's confidence in [0, 1].
+
+    Args:
+        predicted_iou: the decoder's predicted IoU of the mask, or None (no IoU head).
+        probs: (H, W) foreground probabilities of the mask.
+        mask: (H, W) bool, the binarised mask.
+        block_prob: probability of the block's first token.
+
+    Returns:
+        the predicted IoU clipped to [0, 1]; without it, the mean of ``probs`` over ``mask``
+        (0 when empty) times ``block_prob`` (the score of models from before the IoU head).
+    """
+    if predicted_iou is not None:
+        return min(max(float(predicted_iou), 0.0), 1.0)
+    fg = float(probs[mask].mean()) if bool(mask.any()) else 0.0
+    return fg * block_prob
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -181,12 +203,13 @@ class PixelLMPredictor:
         logits = postprocess_masks(gen.mask_logits[i].float(), padded_size=(s, s),
                                    valid_size=pre.valid_size, original_size=pre.original_size)
         probs, fg_masks = logits.sigmoid(), logits > 0
+        ious = None if gen.iou is None else gen.iou[i].tolist()
         targets = []
         for k, (phrase, start) in enumerate(zip(phrases, gen.block_starts[i])):
             mask = fg_masks[k].cpu().numpy()
-            fg = float(probs[k][fg_masks[k]].mean()) if mask.any() else 0.0
-            score = fg * gen.token_probs[i][start]
-            targets.append(Target(phrase, mask, float(score), _bbox(mask), _rle(mask), k))
+            score = target_score(None if ious is None else ious[k], probs[k], fg_masks[k],
+                                 gen.token_probs[i][start])
+            targets.append(Target(phrase, mask, score, _bbox(mask), _rle(mask), k))
         kept = (range(len(targets)) if self.duplicate_iou is None or not targets else
                 suppress_duplicates(fg_masks, [t.score for t in targets], iou=self.duplicate_iou))
         dropped = sorted(set(range(len(targets))) - set(kept))

@@ -1,6 +1,7 @@
 """pixellm-bench: outputs, hand-checked baseline scores, real-format MUSE/refCOCO, ablation args."""
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 
@@ -60,8 +61,18 @@ def shapes(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """A fresh-seed dataset as `make bench` makes one: test images only, seed 7."""
+    from pixellm.muse import GenConfig, generate_dataset
+    out = tmp_path_factory.mktemp("fresh")
+    generate_dataset(GenConfig(seed=7, train=0, val=0, test=6, image_size=32), out, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, shapes, micro_config):
-    """An untrained micro model with a tokenizer fitted to the fixture texts, plus a fake history."""
+    """An untrained micro model (with the IoU head) with a tokenizer fitted to the fixture texts,
+    plus a fake history."""
     from pixellm.build import build_model
     from pixellm.config import PixelLMConfig
     from pixellm.llm import train_word_tokenizer
@@ -69,7 +80,9 @@ def checkpoint(tmp_path_factory, shapes, micro_config):
     texts = [t for split in ("train", *SPLITS) for s in load_split(shapes, split)
              for t in (s.question, s.answer)]
     torch.manual_seed(0)
-    model = build_model(PixelLMConfig.from_dict(micro_config).validate(),
+    cfg = copy.deepcopy(micro_config)
+    cfg["loss"]["iou_weight"] = 1.0
+    model = build_model(PixelLMConfig.from_dict(cfg).validate(),
                         tokenizer=train_word_tokenizer(texts + ["what holds soup ?", "red cup"]))
     run = tmp_path_factory.mktemp("run")
     model.save_pretrained(run / "final")
@@ -79,19 +92,38 @@ def checkpoint(tmp_path_factory, shapes, micro_config):
 
 
 @pytest.fixture(scope="module")
-def shapes_report(tmp_path_factory, shapes, checkpoint):
+def shapes_report(tmp_path_factory, shapes, fresh, checkpoint):
     out = tmp_path_factory.mktemp("results")
-    assert main(["--checkpoint", str(checkpoint), "--data", str(shapes), "--out", str(out), *FAST]) == 0
+    argv = ["--checkpoint", str(checkpoint), "--data", str(shapes), "--fresh-data", str(fresh), "--out", str(out)]
+    assert main([*argv, *FAST]) == 0
     return out
 
 
+TAG = "cpu_float32_torch" + torch.__version__.split("+")[0]
+
+
+def check_confidence_fields(gen):
+    """The score and zero-target fields agree with the split's own metrics."""
+    score, zero = gen["score"], gen["zero_target"]
+    assert set(score) == {"auroc", "ece", "n", "n_hits", "note"}
+    if score["n"] == 0:  # an untrained model may write no block: nothing to score, and it says so
+        assert score["auroc"] is None and score["ece"] is None and score["note"] == "no kept predicted target to score"
+    else:
+        assert score["n_hits"] / score["n"] == pytest.approx(gen["all"]["precision50"])
+        assert 0.0 <= score["ece"] <= 1.0
+        assert (score["auroc"] is None) == (score["n_hits"] in (0, score["n"])) and (score["note"] is None) == (
+            score["auroc"] is not None)
+    # a zero-target question scores IoU 1 when answered with no mask, else 0
+    assert gen["n_zero_target"] == (zero["n_questions"] if zero else 0)
+    assert gen["zero_target_rate"] == (zero["giou"] if zero else None)
+
+
 def test_writes_named_outputs_with_all_metrics(shapes_report):
-    tag = "cpu_float32_torch" + torch.__version__.split("+")[0]
-    report = strict_json(shapes_report / f"bench_pixellm-micro-test_{tag}.json")
+    report = strict_json(shapes_report / f"bench_pixellm-micro-test_{TAG}.json")
     assert [r["name"] for r in report["sets"]] == [f"shapes-{s}" for s in SPLITS]
     assert report["meta"]["device"] == "cpu" and report["training"]["train_samples_per_s"] == 4.5
     for r in report["sets"]:
-        stem = shapes_report / f"bench_pixellm-micro-test_{r['name']}_{tag}"
+        stem = shapes_report / f"bench_pixellm-micro-test_{r['name']}_{TAG}"
         assert strict_json(stem.with_name(stem.name + ".json"))["name"] == r["name"]
         for png in ("_giou_by_k.png", "_examples.png"):
             assert Image.open(stem.with_name(stem.name + png)).size[0] >= 300
@@ -105,29 +137,69 @@ def test_writes_named_outputs_with_all_metrics(shapes_report):
         assert r["comparison"]["beats_all_by_margin"] is False  # an untrained model
         assert 0.0 <= gen["target_phrase_acc"] <= gen["phrase_giou"] <= 1.0
         assert gen["duplicate_iou"] == 0.5 and gen["with_duplicates"]["n_questions"] == 3
-    md = (shapes_report / f"bench_pixellm-micro-test_{tag}.md").read_text()
-    assert "does NOT beat all three trivial baselines" in md and "4.5 samples/s" in md
+        check_confidence_fields(gen)
+    md = (shapes_report / f"bench_pixellm-micro-test_{TAG}.md").read_text()
+    statement = "The model beats the best trivial answer by >= 0.15 gIoU and cIoU on 0 of 4 splits"
+    assert md.count(statement) == 1 and "does NOT beat" not in md and "4.5 samples/s" in md
     assert "teacher-forced (LISA" in md and "gIoU by number of targets K" in md
     assert "of the answers name exactly the true targets" in md
+    assert "| split | kept targets | hits | score AUROC | score ECE | zero-target rate (n) |" in md
+    assert md.count("Target scores vs hits") == 4 + 3  # every split's section, the fresh ones too
+
+
+def test_fresh_seed_splits_are_benched_and_compared_with_val(shapes_report, fresh):
+    report = strict_json(shapes_report / f"bench_pixellm-micro-test_{TAG}.json")
+    f = report["fresh"]
+    # the generator's non-empty splits (no val: it made no val image)
+    held = [s for s in SPLITS if json.loads((fresh / f"muse_{s}.json").read_text())]
+    assert f["seed"] == 7 and f["data"] == str(fresh) and f["val"] == "shapes-val" and "val" not in held
+    assert [r["name"] for r in f["sets"]] == [f"shapes-seed7-{s}" for s in held] and len(held) == 3
+    val = report["sets"][0]["generation"]["all"]
+    for r in f["sets"]:
+        one = strict_json(shapes_report / f"bench_pixellm-micro-test_{r['name']}_{TAG}.json")
+        assert one["gap_to_val"] == r["gap_to_val"] and one["generation"]["all"] == r["generation"]["all"]
+        for m in ("giou", "ciou"):  # an undefined (NaN, so null) score leaves the gap null
+            got, ref = r["generation"]["all"][m], val[m]
+            assert r["gap_to_val"][m] == (None if None in (got, ref) else pytest.approx(got - ref))
+        assert r["n"] == 3 and set(r["baselines"]) == {"every_object", "one_random", "oracle_count_random"}
+        check_confidence_fields(r["generation"])
+    md = (shapes_report / f"bench_pixellm-micro-test_{TAG}.md").read_text()
+    assert "## Fresh seed 7" in md and "(and on 0 of 3 fresh-seed 7 splits)" in md
+    assert "| split | n | gIoU | cIoU | gIoU − val | cIoU − val |" in md
+
+
+def test_fresh_data_without_a_seed_is_a_clear_error(tmp_path, shapes, checkpoint, capsys):
+    (tmp_path / "fresh").mkdir()
+    argv = ["--checkpoint", str(checkpoint), "--data", str(shapes), "--fresh-data", str(tmp_path / "fresh")]
+    assert main(argv) == 2
+    assert "fresh data: no seed in" in capsys.readouterr().err
 
 
 def test_every_object_is_perfect_when_the_answer_is_all_objects(shapes):
+    """On images whose only instances are a question's targets, "every object" is the answer."""
     from pixellm.benchmarks.baselines import evaluate_baselines
     from pixellm.muse import load_split
-    checked = 0
-    for split in ("train", *SPLITS):
-        path = shapes / f"muse_{split}.json"
-        wanted = {(r["id"], q) for r in json.loads(path.read_text())
-                  for q, family in enumerate(r["families"]) if family == "all"}
-        picked = [s for s in load_split(shapes, split) if (s.image_id, s.question_index) in wanted]
-        if not picked:
-            continue
-        scores = evaluate_baselines(picked, InstanceIndex.from_muse_json(path))
-        every, oracle = scores["every_object"]["all"], scores["oracle_count_random"]["all"]
-        assert (every["giou"], every["ciou"], every["count_acc"]) == (1.0, 1.0, 1.0)
-        assert oracle["giou"] == 1.0  # K distinct of K objects is every object again
-        checked += len(picked)
-    assert checked, "the fixture has no 'all' question"
+
+    path = shapes / "muse_val.json"
+    first: dict[int, object] = {}  # one targeted question per image
+    for s in load_split(shapes, "val"):
+        if s.num_targets >= 2:
+            first.setdefault(s.image_id, s)
+    picked = list(first.values())
+    assert len(picked) >= 2
+    by_id = {r["id"]: r for r in json.loads(path.read_text())}
+
+    def only_targets(image_id):
+        s, record = first[image_id], by_id[image_id]
+        anns = {a["id"]: a for a in record["ann_list"]}
+        return record["height"], record["width"], [anns[i]["segmentation"] for i in s.target_ids]
+
+    scores = evaluate_baselines(picked, InstanceIndex(only_targets, source="targets only"))
+    every, oracle = scores["every_object"]["all"], scores["oracle_count_random"]["all"]
+    assert (every["giou"], every["ciou"], every["count_acc"]) == (1.0, 1.0, 1.0)
+    assert oracle["giou"] == 1.0  # K distinct of K objects is every object again
+    one = scores["one_random"]["all"]
+    assert 0.0 < one["giou"] < 1.0 and one["count_acc"] == 0.0  # one of K >= 2 targets
 
 
 def test_lvis_and_ann_list_give_the_same_objects(shapes):

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from pixellm.codebook import CodebookFusion
-from pixellm.decoder import PixelDecoder, mask_losses, postprocess_masks, scale_factors
+from pixellm.decoder import (
+    PixelDecoder,
+    iou_loss,
+    mask_iou,
+    mask_losses,
+    postprocess_masks,
+    scale_factors,
+)
 from pixellm.decoder.common import SinePositionEncoding
 
 DIM, GRID = 32, 8
@@ -29,6 +36,36 @@ def test_output_shapes(k):
     assert out.logits.shape == (k, 32, 32)
     assert [tuple(p.shape) for p in out.per_scale] == [(k, 16, 16), (k, 32, 32)]
     assert torch.isfinite(out.logits).all()
+    assert out.iou_logits.shape == (k,) and out.iou.shape == (k,)
+    assert torch.isfinite(out.iou_logits).all() and ((out.iou > 0) & (out.iou < 1)).all()
+    assert torch.allclose(out.iou, torch.sigmoid(out.iou_logits))
+
+
+@pytest.mark.parametrize("k", [0, 1, 5])
+def test_without_the_iou_head(k):
+    dec = _decoder(iou_head=False)
+    out = dec(_features(), torch.randn(k, 2, DIM), torch.randint(0, 2, (k,)))
+    assert out.logits.shape == (k, 32, 32) and out.iou_logits is None and out.iou is None
+    assert not [n for n in dec.state_dict() if "iou" in n]
+    with_head = {n for n in _decoder().state_dict() if "iou" in n}
+    assert {n.split(".")[0] + "." + n.split(".")[2] if n.startswith("heads.") else n.split(".")[0]
+            for n in with_head} == {"heads.iou_token", "iou_prediction_head"}
+    assert {n for n in with_head if n.startswith("heads.")} == {"heads.0.iou_token.weight",
+                                                                 "heads.1.iou_token.weight"}
+
+
+def test_iou_prediction_reads_every_scale_and_leaves_the_masks_alone():
+    dec, feats = _decoder(), _features()
+    targets, index = torch.randn(3, 2, DIM), torch.tensor([0, 1, 1])
+    out = dec(feats, targets, index)
+    out.iou_logits.sum().backward()
+    for head in dec.heads:  # the MLP reads the IoU tokens of both scales
+        assert head.iou_token.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        dec.iou_prediction_head.layers[-1].bias.add_(1.0)
+        moved = dec(feats, targets, index)
+    assert torch.equal(moved.logits, out.logits.detach())
+    assert torch.allclose(moved.iou_logits, out.iou_logits.detach() + 1.0, atol=1e-6)
 
 
 def test_final_logits_sum_the_scales():
@@ -157,13 +194,43 @@ def test_fusion_and_decoder_learn_two_targets_per_image():
     masks[3, 8:16, 14:30] = True
     opt = torch.optim.Adam([*fusion.parameters(), *dec.parameters()], lr=3e-3)
     for _ in range(300):
-        logits = dec(feats, fusion(hidden), index).logits
-        loss = mask_losses(logits, masks, index)["mask"]
+        out = dec(feats, fusion(hidden), index)
+        loss = mask_losses(out.logits, masks, index)["mask"] + iou_loss(out.iou_logits, out.logits, masks)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if _iou(logits.detach(), masks).min() > 0.9:
+        if _iou(out.logits.detach(), masks).min() > 0.9:
             break
     with torch.no_grad():
-        iou = _iou(dec(feats, fusion(hidden), index).logits, masks)
-    assert iou.min() > 0.8, iou
+        out = dec(feats, fusion(hidden), index)
+        iou = _iou(out.logits, masks)
+    assert iou.min() > 0.8, iou  # with the IoU loss in the objective
+    assert torch.allclose(mask_iou(out.logits, masks), iou)
+
+
+def test_iou_head_learns_each_masks_iou():
+    """Fixed (untrained) masks of different quality: trained alone, the IoU-prediction MLP
+    learns each mask's own IoU from the IoU tokens, which no constant could match."""
+    dec, feats = _decoder(seed=2), _features()
+    targets, index = torch.randn(8, 2, DIM), torch.arange(8) % 2
+    masks = torch.zeros(8, 32, 32, dtype=torch.bool)
+    for k in range(8):
+        masks[k, 2 * k : 2 * k + 12, k : 3 * k + 8] = True
+    seen = []
+    dec.iou_prediction_head.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        out = dec(feats, targets, index)
+    tokens, logits = seen[0], out.logits  # (8, 2 * DIM) the IoU tokens of both scales
+    actual = mask_iou(logits, masks)
+    assert actual.max() - actual.min() > 0.1, actual
+    head = dec.iou_prediction_head
+    assert torch.equal(head(tokens)[:, 0], out.iou_logits)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        iou_loss(head(tokens)[:, 0], logits, masks).backward()
+        opt.step()
+    with torch.no_grad():
+        trained = dec(feats, targets, index)
+    assert torch.equal(trained.logits, logits)  # the masks never moved
+    assert (trained.iou - actual).abs().max() < 0.03, (trained.iou, actual)

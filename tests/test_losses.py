@@ -1,11 +1,18 @@
-"""Mask losses: hand-computed BCE, Dice and target-refinement values."""
+"""Mask losses: hand-computed BCE, Dice, target-refinement and IoU-prediction values."""
 
 import math
 
 import pytest
 import torch
 
-from pixellm.decoder import dice_loss, mask_losses, refinement_weights, total_loss
+from pixellm.decoder import (
+    dice_loss,
+    iou_loss,
+    mask_iou,
+    mask_losses,
+    refinement_weights,
+    total_loss,
+)
 
 
 def _bce(x, t):
@@ -132,3 +139,64 @@ def test_many_masks_and_bad_shapes():
 def test_total_loss():
     parts = {"mask": torch.tensor(1.5)}
     assert total_loss(ce=torch.tensor(2.0), mask_parts=parts, ce_weight=0.5).item() == 2.5
+
+
+# IoU prediction. Three 2x4 masks: mask 0 claims 4 pixels of which 2 are true (plus 2 true
+# it misses): IoU 2/6; mask 1 is exact: IoU 1; mask 2 predicts nothing on an empty truth: IoU 1.
+IOU_LOGITS = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]],
+                           [[-3.0, 2.0, -3.0, -3.0], [-3.0, -3.0, -3.0, -3.0]],
+                           [[-1.0, -1.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -1.0]]])
+IOU_TARGETS = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]],
+                            [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+                            [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+
+
+def _kl(t, p):
+    """KL(Bernoulli(t) || Bernoulli(p)) by hand (0 log 0 = 0)."""
+    return sum(a * math.log(a / b) for a, b in ((t, p), (1 - t, 1 - p)) if a > 0)
+
+
+def test_mask_iou_hand_values():
+    assert mask_iou(IOU_LOGITS, IOU_TARGETS).tolist() == pytest.approx([2 / 6, 1.0, 1.0])
+    assert mask_iou(IOU_LOGITS, IOU_TARGETS.bool()).tolist() == pytest.approx([2 / 6, 1.0, 1.0])
+    assert mask_iou(torch.zeros(0, 2, 2), torch.zeros(0, 2, 2)).shape == (0,)
+
+
+def test_iou_loss_known_iou_gives_known_loss():
+    # predictions 0.5, 0.5 and exactly 1/(1+e^-3): losses KL(1/3 || .5), KL(1 || .5) = log 2, ~0
+    pred = torch.tensor([0.0, 0.0, 30.0])
+    want = (_kl(2 / 6, 0.5) + math.log(2) + _kl(1.0, 1 / (1 + math.exp(-30.0)))) / 3
+    assert iou_loss(pred, IOU_LOGITS, IOU_TARGETS).item() == pytest.approx(want, rel=1e-5)
+    exact = torch.logit(torch.tensor([2 / 6, 0.999999, 0.999999]))
+    assert iou_loss(exact, IOU_LOGITS, IOU_TARGETS).item() == pytest.approx(0.0, abs=1e-4)
+    assert iou_loss(torch.tensor([0.0]), IOU_LOGITS[:1], IOU_TARGETS[:1]).item() == pytest.approx(
+        _kl(1 / 3, 0.5), rel=1e-6)
+
+
+def test_iou_loss_sends_no_gradient_to_the_mask_logits():
+    logits = IOU_LOGITS.clone().requires_grad_(True)
+    pred = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
+    iou_loss(pred, logits, IOU_TARGETS).backward()
+    assert logits.grad is None  # the actual IoU is a label, computed without gradient
+    # d/dx of the mean KL (= mean BCE minus a constant) is (sigmoid(x) - iou) / K
+    want = (torch.sigmoid(pred.detach()) - torch.tensor([2 / 6, 1.0, 1.0])) / 3
+    assert torch.allclose(pred.grad, want, atol=1e-6)
+    # next to the mask loss, the mask logits' gradient is the mask loss's alone
+    both = IOU_LOGITS.clone().requires_grad_(True)
+    group = torch.zeros(3, dtype=torch.long)
+    (mask_losses(both, IOU_TARGETS, group)["mask"] + iou_loss(pred, both, IOU_TARGETS)).backward()
+    alone = IOU_LOGITS.clone().requires_grad_(True)
+    mask_losses(alone, IOU_TARGETS, group)["mask"].backward()
+    assert torch.equal(both.grad, alone.grad)
+
+
+def test_iou_loss_k_zero_and_bad_shapes():
+    pred = torch.zeros(0, requires_grad=True)
+    out = iou_loss(pred, torch.zeros(0, 4, 4), torch.zeros(0, 4, 4))
+    assert out.item() == 0.0
+    out.backward()
+    assert pred.grad is not None and pred.grad.shape == (0,)
+    with pytest.raises(ValueError, match="iou_logits"):
+        iou_loss(torch.zeros(2), IOU_LOGITS, IOU_TARGETS)
+    with pytest.raises(ValueError, match="iou_logits"):
+        iou_loss(torch.zeros(3), IOU_LOGITS, IOU_TARGETS[:, :1])
