@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 DATA ?= data/shapes
 RUN ?= checkpoints/pixellm-tiny
 JOBS ?= 2
-TRAIN_BUDGET ?= 15.5
+TRAIN_BUDGET ?= 14
+# With a budget, the step count is an upper bound: the run is sized from its measured pace.
+TRAIN_STEPS ?= 8000
 TRAIN_ARGS ?=
 BENCH_ARGS ?=
 FLOPS_ARGS ?=
@@ -33,14 +35,16 @@ data: $(STAMP) ## Generate the default procedural MUSE-format dataset under data
 
 train: $(STAMP) ## Install, generate data if missing or stale, train pixellm-tiny on CPU, evaluate on val, print the table
 	$(BIN)/pixellm-data --out $(DATA) --if-stale
-	$(BIN)/pixellm-train --model pixellm-tiny --shapes-root $(DATA) --out $(RUN) --time-budget $(TRAIN_BUDGET) $(TRAIN_ARGS)
+	$(BIN)/pixellm-train --model pixellm-tiny --shapes-root $(DATA) --out $(RUN) --steps $(TRAIN_STEPS) --time-budget $(TRAIN_BUDGET) $(TRAIN_ARGS)
 
 flops: $(STAMP) ## Compute report: FLOPs (meta device), CPU/GPU latency -> benchmarks/results/
 	$(BIN)/pixellm-flops --out benchmarks/results $(FLOPS_ARGS)
 
-bench: $(STAMP) ## Score the trained default model vs trivial baselines -> benchmarks/results/
+bench: FRESH_DATA ?= data/shapes-fresh
+bench: $(STAMP) ## Score the trained default model vs trivial baselines (and on fresh seed-1000 scenes) -> benchmarks/results/
 	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }
-	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --threads $(JOBS) $(BENCH_ARGS)
+	$(BIN)/pixellm-data --out $(FRESH_DATA) --seed 1000 --train 0 --val 0 --if-stale
+	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --fresh-data $(FRESH_DATA) --threads $(JOBS) $(BENCH_ARGS)
 
 bench-ablation: $(STAMP) ## Also train + bench the ablation variants (5 more training runs, same seed and budget)
 	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }

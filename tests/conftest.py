@@ -41,7 +41,7 @@ def make_tokenizer():
 def _small_config(**overrides):
     """pixellm-tiny with a 2-layer LLM: same code paths, faster tests."""
     cfg = get_model_config("pixellm-tiny", **overrides)
-    cfg.llm.config = {**cfg.llm.config, "num_hidden_layers": 2, "max_position_embeddings": 256}
+    cfg.llm.config = {**cfg.llm.config, "num_hidden_layers": 2}
     return cfg
 
 

@@ -80,7 +80,8 @@ def test_conversation_item_masks_follow_blocks_and_model_trains_on_it(shapes, fm
     samples = load_split(shapes, "train")
     groups = [g for g in pack_turns(samples, formatter=fmt, turns=3, seed=1) if len(g) == 3][:2]
     assert groups, "fixture images have 3 questions each"
-    kw = dict(formatter=fmt, image_size=64, mean=[0.5] * 3, std=[0.25] * 3)
+    size = tiny_model.config.vision.image_size
+    kw = dict(formatter=fmt, image_size=size, mean=[0.5] * 3, std=[0.25] * 3)
     conv = ConversationDataset(samples, groups=groups, **kw)
     single = SegmentationDataset(samples, **kw)
     item = conv[0]
@@ -94,10 +95,11 @@ def test_conversation_item_masks_follow_blocks_and_model_trains_on_it(shapes, fm
     assert torch.isfinite(out.loss)
 
 
-def test_count_turns_counts_answer_runs_through_padding(shapes, fmt):
+def test_count_turns_counts_answer_runs_through_padding(shapes, fmt, tiny_model):
+    size = tiny_model.config.vision.image_size
     samples = load_split(shapes, "train")
     groups = pack_turns(samples, formatter=fmt, turns=3, seed=0)
-    conv = ConversationDataset(samples, groups=groups[:4], formatter=fmt, image_size=64,
+    conv = ConversationDataset(samples, groups=groups[:4], formatter=fmt, image_size=size,
                                mean=[0.5] * 3, std=[0.25] * 3)
     batch = collate([conv[i] for i in range(4)], pad_id=fmt.tokenizer.pad_token_id)
     assert count_turns(batch["labels"]) == sum(len(g) for g in groups[:4])

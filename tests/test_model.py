@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from pixellm.build import build_model
-from pixellm.config import ConfigError
+from pixellm.config import ConfigError, LossConfig, PixelLMConfig, get_model_config
 from pixellm.data import Encoded, collate
-from pixellm.decoder import DecoderOutput, mask_losses
+from pixellm.decoder import DecoderOutput, iou_loss, mask_losses
 from pixellm.model import block_questions
 from pixellm.predictor import PixelLMPredictor
 from pixellm.train.trainable import select_trainable
+
+S = get_model_config("pixellm-tiny").vision.image_size  # the tiny model's input side
 
 ANSWERS = ["no shape matches.", "purple triangle {seg}.", "red circle {seg}, blue square {seg} and green star {seg}."]
 
@@ -23,26 +25,30 @@ def make_batch(model, answers, *, seed=0):
     for a in answers:
         ids, labels = fmt.training_pair("which shapes are red?", a)
         k = a.count("{seg}")
-        masks = (torch.rand(k, 64, 64, generator=g) > 0.7).float()
-        items.append(Encoded(torch.randn(3, 64, 64, generator=g), torch.tensor(ids), torch.tensor(labels), masks))
+        masks = (torch.rand(k, S, S, generator=g) > 0.7).float()
+        items.append(Encoded(torch.randn(3, S, S, generator=g), torch.tensor(ids), torch.tensor(labels), masks))
     return collate(items, pad_id=model.tokenizer.pad_token_id)
 
 
 def test_forward_shapes_zero_one_many(tiny_model):
     batch = make_batch(tiny_model, ANSWERS)
     out = tiny_model(**batch)
-    assert out.mask_logits.shape == (4, 32, 32)  # 0 + 1 + 3 targets, 8x8 grid upscaled 4x
+    assert out.mask_logits.shape == (4, S // 2, S // 2)  # 0 + 1 + 3 targets, patch-8 grid upscaled 4x
     assert out.batch_index.tolist() == [1, 2, 2, 2]
     assert out.text_logits.shape[:2] == batch["input_ids"].shape
-    assert set(out.parts) == {"ce", "bce", "dice", "refine", "phrase", "region"}
+    assert set(out.parts) == {"ce", "bce", "dice", "refine", "phrase", "region", "iou"}
     assert torch.isfinite(out.loss)
+    assert out.iou.shape == (4,) and ((out.iou > 0) & (out.iou < 1)).all()
+    one = tiny_model(**make_batch(tiny_model, ANSWERS[1:2]))
+    assert one.mask_logits.shape == (1, S // 2, S // 2) and one.iou.shape == (1,)
     only_zero = tiny_model(**make_batch(tiny_model, ANSWERS[:1]))
-    assert only_zero.mask_logits.shape == (0, 32, 32) and torch.isfinite(only_zero.loss)
+    assert only_zero.mask_logits.shape == (0, S // 2, S // 2) and torch.isfinite(only_zero.loss)
+    assert only_zero.iou.shape == (0,) and only_zero.parts["iou"] == 0
 
 
 def test_gt_count_mismatch_is_an_error(tiny_model):
     batch = make_batch(tiny_model, ANSWERS[1:2])
-    batch["gt_masks"] = [torch.zeros(2, 64, 64)]
+    batch["gt_masks"] = [torch.zeros(2, S, S)]
     with pytest.raises(ValueError, match="1 codebook blocks in the answers but 2 gt masks"):
         tiny_model(**batch)
 
@@ -141,7 +147,9 @@ def test_phrase_loss_joins_the_mask_term_and_trains_the_fusion(tiny_model, make_
     parts = out.parts
     cfg = tiny_model.loss_cfg
     mask_only = cfg["bce_weight"] * (parts["bce"] + parts["refine"]) + cfg["dice_weight"] * parts["dice"]
-    assert torch.allclose(out.terms["mask"], mask_only + parts["phrase"], atol=1e-6)
+    assert tiny_model.iou_weight == 1.0 and parts["iou"] > 0  # pixellm-tiny has the IoU head
+    want = mask_only + parts["phrase"] + tiny_model.iou_weight * parts["iou"]
+    assert torch.allclose(out.terms["mask"], want, atol=1e-6)
     assert torch.allclose(out.terms["region"], tiny_model.region_weight * parts["region"])
     assert torch.allclose(out.loss, out.terms["text"] + out.terms["mask"] + out.terms["region"])
     # the phrase loss alone sends gradient through the fusion into the LLM, not into the decoder
@@ -202,11 +210,12 @@ def test_refinement_loss_compares_the_masks_of_one_question_only(tiny_model):
     fmt = PixelLMPredictor(tiny_model).formatter
     ids, labels = fmt.conversation([("which shapes are red?", "red circle {seg}."),
                                     ("which shapes are round?", "red circle {seg}.")])
-    mask = torch.zeros(2, 64, 64)
+    mask = torch.zeros(2, S, S)
     mask[:, 10:30, 10:30] = 1
-    batch = collate([Encoded(torch.randn(3, 64, 64), torch.tensor(ids), torch.tensor(labels), mask)],
+    batch = collate([Encoded(torch.randn(3, S, S), torch.tensor(ids), torch.tensor(labels), mask)],
                     pad_id=tiny_model.tokenizer.pad_token_id)
-    hook = tiny_model.decoder.register_forward_hook(lambda m, i, o: DecoderOutput(o.logits.abs() + 1, o.per_scale))
+    hook = tiny_model.decoder.register_forward_hook(
+        lambda m, i, o: DecoderOutput(o.logits.abs() + 1, o.per_scale, o.iou_logits))
     try:
         out = tiny_model(**batch)
     finally:
@@ -215,8 +224,49 @@ def test_refinement_loss_compares_the_masks_of_one_question_only(tiny_model):
     questions = block_questions(batch["labels"], [[i for i, t in enumerate(batch["input_ids"][0].tolist())
                                                    if t == tiny_model.codebook_ids[0]]])
     assert questions[0] != questions[1]
-    logits = F.interpolate(out.mask_logits[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    logits = F.interpolate(out.mask_logits[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
     by_question = mask_losses(logits, mask, questions, **tiny_model.loss_cfg)
     by_image = mask_losses(logits, mask, out.batch_index, **tiny_model.loss_cfg)
     assert torch.allclose(out.parts["refine"], by_question["refine"], atol=1e-6)
     assert by_question["refine"] == 0 and by_image["refine"] > 0
+
+
+def test_iou_loss_scores_the_actual_iou_at_the_mask_loss_resolution(tiny_model):
+    """The "iou" part is iou_loss of the decoder's IoU logits against the IoU of the logits
+    upsampled to the ground truth's S x S (where BCE and Dice are computed), in the mask term."""
+    seen = []
+    hook = tiny_model.decoder.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        batch = make_batch(tiny_model, ANSWERS)
+        out = tiny_model(**batch)
+    finally:
+        hook.remove()
+    dec, gt = seen[0], torch.cat(batch["gt_masks"])  # (4, S, S)
+    up = F.interpolate(dec.logits[:, None], size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(out.parts["iou"], iou_loss(dec.iou_logits, up, gt), atol=1e-6)
+    assert not torch.allclose(out.parts["iou"], iou_loss(dec.iou_logits, dec.logits, gt[:, ::2, ::2]))
+    # the IoU term trains the IoU head; the actual IoU is a label (no gradient through it), so the
+    # finest scale's mask hypernetwork gets none. (The coarse one does, through the features it
+    # modulates, which the finest IoU token reads: see pixellm.decoder.pixel_decoder.)
+    tiny_model.zero_grad()
+    iou_loss(dec.iou_logits, up, gt).backward()
+    assert tiny_model.decoder.iou_prediction_head.layers[0].weight.grad.abs().sum() > 0
+    assert tiny_model.decoder.heads[-1].hypernet.layers[-1].weight.grad is None
+
+
+def test_iou_weight_zero_builds_no_iou_head(make_tokenizer, small_config):
+    off = build_model(small_config(loss={"iou_weight": 0.0}), tokenizer=make_tokenizer())
+    assert off.decoder.iou_prediction_head is None and not any("iou" in k for k in off.state_dict())
+    out = off(**make_batch(off, ANSWERS))
+    assert out.iou is None and "iou" not in out.parts and torch.isfinite(out.loss)
+    with pytest.raises(ConfigError, match="iou_weight must be >= 0"):
+        small_config(loss={"iou_weight": -1.0})
+
+
+def test_iou_weight_defaults():
+    assert LossConfig().iou_weight == 0.0  # configs written before the IoU head: none is built
+    for name in ("pixellm-tiny", "pixellm-7b", "pixellm-13b"):
+        assert get_model_config(name).loss.iou_weight == 1.0
+    d = get_model_config("pixellm-tiny").to_dict()
+    del d["loss"]["iou_weight"]
+    assert PixelLMConfig.from_dict(d).loss.iou_weight == 0.0

@@ -10,9 +10,10 @@ from PIL import Image
 
 from pixellm import CheckpointError, InputError, PixelLM, PixelLMPredictor
 from pixellm.cli import main as predict_main
+from pixellm.decoder import DecoderOutput
 from pixellm.evaluate import evaluate_generation
 from pixellm.muse import Sample
-from pixellm.predictor import suppress_duplicates
+from pixellm.predictor import suppress_duplicates, target_score
 
 QUESTION = "which shapes are red?"
 
@@ -167,19 +168,20 @@ def test_suppress_duplicates_keeps_the_higher_score_in_answer_order():
         suppress_duplicates(m, scores[:2], iou=0.5)
 
 
-def _three_blocks_two_alike(model, monkeypatch, **kw):
-    """Scripted answer with 3 blocks whose decoder masks are: left third (logit 2), right third,
-    left third again (logit 5, so the surer copy)."""
+def _three_blocks_two_alike(model, monkeypatch, iou_logits=(0.0, 1.0, 2.0), **kw):
+    """Scripted answer with 3 blocks whose decoder masks are: left third, right third, left
+    third again, with predicted IoU sigmoid(``iou_logits``) (default: the third copy is surer)."""
     kw.setdefault("duplicate_iou", 0.5)
     pred = scripted(model, ["red", "circle", 6, ",", "blue", "square", 6, "and", "green", "star", 6, "."], **kw)
     s = model.config.vision.image_size
 
     def decode(feats, block_hidden, batch_index):
-        logits = torch.full((block_hidden.shape[0], s, s), -5.0)
-        logits[0::3, :, : s // 3] = 2.0
+        logits = torch.full((block_hidden.shape[0], s, s), -2.0)
+        logits[0::3] = -5.0  # symmetric logits: the three masks' edges land on the same pixels
+        logits[0::3, :, : s // 3] = 5.0  # the strongest mask logits: not what the score reads
         logits[1::3, :, -(s // 3):] = 2.0
-        logits[2::3, :, : s // 3] = 5.0
-        return logits
+        logits[2::3, :, : s // 3] = 2.0
+        return DecoderOutput(logits, [logits], torch.tensor(iou_logits).repeat(block_hidden.shape[0] // 3))
 
     monkeypatch.setattr(model, "decode_masks", decode)
     return pred
@@ -193,6 +195,10 @@ def test_duplicate_masks_are_dropped_but_kept_aside(tiny_model, image, monkeypat
     assert np.array_equal(p.duplicates[0].mask, p.targets[1].mask) and p.targets[1].mask[:, :10].all()
     raw = _three_blocks_two_alike(tiny_model, monkeypatch, duplicate_iou=None).predict(image, QUESTION)
     assert [t.index for t in raw.targets] == [0, 1, 2] and raw.duplicates == []
+    # the scores are the predicted IoUs, and suppression keeps the copy predicted better
+    assert [t.score for t in raw.targets] == pytest.approx([0.5, 1 / (1 + np.exp(-1)), 1 / (1 + np.exp(-2))])
+    first = _three_blocks_two_alike(tiny_model, monkeypatch, iou_logits=(3.0, 1.0, -1.0)).predict(image, QUESTION)
+    assert [t.index for t in first.targets] == [0, 1] and [t.index for t in first.duplicates] == [2]
     with pytest.raises(ValueError, match="duplicate_iou"):
         PixelLMPredictor(tiny_model, duplicate_iou=1.5)
 
@@ -200,7 +206,7 @@ def test_duplicate_masks_are_dropped_but_kept_aside(tiny_model, image, monkeypat
 def test_evaluation_scores_kept_targets_and_reports_the_duplicates(tiny_model, image, monkeypatch, tmp_path):
     Image.fromarray(image).save(tmp_path / "img.png")
     left = np.zeros((1, 48, 80), dtype=bool)
-    left[0, :, :26] = True  # what the left-third mask covers at 48 x 80
+    left[0, :, :27] = True  # what the left-third mask covers at 48 x 80 (32 of 96 input px)
     sample = Sample(image_path=tmp_path / "img.png", question=QUESTION, answer="red circle {seg}.",
                     phrases=("red circle",), height=48, width=80, image_id=1, question_index=0,
                     source="test", _load_masks=lambda: left)
@@ -213,6 +219,57 @@ def test_evaluation_scores_kept_targets_and_reports_the_duplicates(tiny_model, i
     assert m["with_duplicates"]["giou"] == pytest.approx(1 / 3) and m["n_duplicates"] == 1
     assert m["duplicate_iou"] == 0.5
     assert m["phrase_giou"] == pytest.approx(1 / 3)  # the text counts every phrase it wrote
+    # kept: the right third (a miss, score sigmoid(1)) and the left third (a hit, sigmoid(2))
+    miss, hit = 1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(-2.0))
+    assert (m["score"]["n"], m["score"]["n_hits"], m["score"]["auroc"]) == (2, 1, 1.0)
+    assert m["score"]["ece"] == pytest.approx((miss + (1 - hit)) / 2, rel=1e-5)  # one per bin
+    assert np.isnan(m["zero_target_rate"]) and m["n_zero_target"] == 0
+
+
+def test_target_score_is_the_clipped_predicted_iou_else_the_old_heuristic():
+    probs = torch.tensor([[0.9, 0.7], [0.2, 0.1]])
+    mask = probs > 0.5
+    assert target_score(0.42, probs, mask, 0.5) == pytest.approx(0.42)
+    assert target_score(1.3, probs, mask, 0.5) == 1.0 and target_score(-0.2, probs, mask, 0.5) == 0.0
+    assert target_score(None, probs, mask, 0.5) == pytest.approx(0.8 * 0.5)  # mean fg prob x block prob
+    assert target_score(None, probs, torch.zeros(2, 2, dtype=torch.bool), 0.9) == 0.0
+
+
+def test_scores_lie_in_0_1_and_are_the_decoders_prediction(tiny_model, image):
+    seen = []
+    tiny_model.decoder.register_forward_hook(lambda m, i, o: seen.append(o.iou))
+    pred = scripted(tiny_model, ["red", "circle", 6, ",", "blue", "square", 6, "."])
+    p = pred.predict(image, QUESTION)
+    assert len(p.targets) == 2 and seen[-1].shape == (2,)
+    assert [t.score for t in p.targets] == pytest.approx(seen[-1].tolist())
+    assert all(0.0 <= t.score <= 1.0 for t in p.targets)
+
+
+def test_checkpoint_from_before_the_iou_head_loads_and_scores(make_tokenizer, small_config, tmp_path, image):
+    """A config without ``loss.iou_weight`` (written before the head) builds no head, so its
+    weights load strictly; the scores fall back to the old heuristic."""
+    torch.manual_seed(0)
+    from pixellm.build import build_model
+    model = build_model(small_config(loss={"iou_weight": 0.0}), tokenizer=make_tokenizer())
+    model.save_pretrained(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["loss"]["iou_weight"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded = PixelLM.from_pretrained(tmp_path / "old")
+    assert loaded.config.loss.iou_weight == 0.0 and loaded.decoder.iou_prediction_head is None
+    p = scripted(loaded, ["red", "circle", 6, "."]).predict(image, QUESTION)
+    assert len(p.targets) == 1 and 0.0 <= p.targets[0].score <= 1.0
+
+
+def test_checkpoint_missing_the_iou_head_weights_is_a_checkpoint_error(saved):
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(saved / "model.safetensors"))
+    dropped = [k for k in sd if "iou" in k]
+    assert dropped == ["decoder.heads.0.iou_token.weight", "decoder.heads.1.iou_token.weight",
+                       *(f"decoder.iou_prediction_head.layers.{i}.{w}" for i in range(3) for w in ("bias", "weight"))]
+    save_file({k: v for k, v in sd.items() if k not in dropped}, str(saved / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing keys: decoder\.heads\.0\.iou_token\.weight, "):
+        PixelLM.from_pretrained(saved)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
@@ -309,7 +366,8 @@ def test_block_chunked_decoding_equals_token_by_token(tiny_model):
     base.lm_head = RowHead(base.lm_head.out_features, tiny_model.codebook_ids[0], tok.convert_tokens_to_ids("red"))
     fmt = PixelLMPredictor(tiny_model).formatter
     ids, attn = left_pad([fmt.prompt_ids("which shapes are red?"), fmt.prompt_ids("red?")], pad_id=tok.pad_token_id)
-    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    size = tiny_model.config.vision.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     runs = [tiny_model.generate(pixels, ids, attn, max_new_tokens=20, eos_id=tok.eos_token_id,
                                 pad_id=tok.pad_token_id, chunk_blocks=c) for c in (True, False)]
     chunked, stepwise = runs

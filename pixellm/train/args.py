@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refcoco-root", default=None, help=f"refCOCO root (or ${ENV_REFCOCO})")
     p.add_argument("--multiref-root", default=None, help=f"refCOCO root for multi-referring (or ${ENV_REFCOCO})")
     p.add_argument("--lenient-data", action="store_true", help="skip malformed records (counted and reported)")
-    p.add_argument("--steps", type=int, default=3500, help="optimizer steps (default: about 13 min on 2 CPU cores)")
+    p.add_argument("--steps", type=int, default=3500, help="optimizer steps; with --time-budget an upper bound, the run being sized from its measured pace")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="MIN",
                    help="wall-clock minutes for the optimizer steps (0: off); if --steps would not fit at "
                         "the pace timed from warm-up on (checked again as the run goes), the run is "
