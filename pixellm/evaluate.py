@@ -198,6 +198,9 @@ class GenerationScores:
         self.n, self.n_dup, self.malformed, self.named, self.text = 0, 0, 0, 0, 0.0
         self.pred_counts: list[int] = []
         self.true_counts: list[int] = []
+        # (predicted IoU, block probability, hit) of each kept target that has a predicted
+        # IoU: what :func:`pixellm.calibration.fit` maps to a probability of a hit
+        self.score_records: list[tuple[float, float, bool]] = []
 
     def update(self, sample, pred: Prediction) -> None:
         """Add one question: a :class:`pixellm.muse.Sample` and the model's prediction."""
@@ -205,7 +208,10 @@ class GenerationScores:
         kept = _pred_masks(pred.targets, sample.height, sample.width)  # (Kp, H, W)
         self.split.update(kept, gt)
         self.raw.update([_pred_masks(pred.targets + pred.duplicates, sample.height, sample.width)], [gt])
-        self.score.update([t.score for t in pred.targets], target_hits(kept, gt))
+        hits = target_hits(kept, gt)
+        self.score.update([t.score for t in pred.targets], hits)
+        self.score_records += [(t.predicted_iou, t.block_prob, h) for t, h in zip(pred.targets, hits)
+                               if t.predicted_iou is not None]
         self.pred_counts.append(len(pred.targets))
         self.true_counts.append(gt.shape[0])
         phrases = [t.phrase for t in pred.targets + pred.duplicates]
@@ -249,7 +255,8 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
          threshold (None: off), "score": :class:`ScoreQuality` of the kept targets' scores
          ({"auroc", "ece", "n", "n_hits", "note"}), "zero_target_rate": share of the
          zero-target questions answered with no kept mask (NaN without such questions),
-         "n_zero_target": their number, "examples": [(sample, Prediction), ...]}. The text
+         "n_zero_target": their number, "score_records": (predicted IoU, block probability,
+         hit) per kept target with a predicted IoU, "examples": [(sample, Prediction), ...]}. The text
          measures read every phrase of the answer, duplicates included.
     """
     n = _count(samples, limit)
@@ -264,7 +271,8 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
     secs = time.perf_counter() - t0
     return {**tally.compute(), "queries_per_s": n / secs if secs else math.nan,
             "n_failed": len(failures), "failures": failures[:10],
-            "duplicate_iou": getattr(predictor, "duplicate_iou", None), "examples": examples}
+            "duplicate_iou": getattr(predictor, "duplicate_iou", None),
+            "score_records": tally.score_records, "examples": examples}
 
 
 def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tuple[list, list]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from .calibration import ScoreCalibration
 from .data import left_pad
 from .decoder import postprocess_masks
 from .errors import InputError
@@ -22,12 +23,15 @@ class Target:
     """One predicted target.
 
     phrase: the answer phrase before its codebook block. mask: (H, W) bool at the original
-    image size. score: confidence in [0, 1]: the decoder's predicted IoU of the mask with the
-    true object (its IoU head, trained on the actual IoU); for a model built without that head,
-    the mean foreground probability of the mask times the probability of the block's first
-    token (see :func:`target_score`). bbox: XYXY pixel box of the mask (zeros if empty).
-    rle: COCO RLE dict (``counts`` as str) of the mask. index: position of its block in the
-    answer (0-based; the answer's phrases are ``targets`` and ``duplicates`` merged by index).
+    image size. score: confidence in [0, 1] (see :func:`target_score`): with a score
+    calibration saved beside the weights (:mod:`pixellm.calibration`), the probability that the
+    target matches a true one at IoU >= 0.5; else the decoder's predicted IoU of the mask (its
+    IoU head, trained on the actual IoU); for a model built without that head, the mean
+    foreground probability of the mask times the probability of the block's first token.
+    bbox: XYXY pixel box of the mask (zeros if empty). rle: COCO RLE dict (``counts`` as str)
+    of the mask. index: position of its block in the answer (0-based; the answer's phrases are
+    ``targets`` and ``duplicates`` merged by index). predicted_iou: the IoU head's output (None
+    without the head). block_prob: the LLM's probability of the block's first token.
     """
 
     phrase: str
@@ -36,6 +40,8 @@ class Target:
     bbox: tuple[int, int, int, int]
     rle: dict
     index: int = 0
+    predicted_iou: float | None = None
+    block_prob: float | None = None
 
 
 @dataclass
@@ -81,7 +87,7 @@ def suppress_duplicates(masks: torch.Tensor, scores: Sequence[float], *, iou: fl
 
 
 def target_score(predicted_iou: float | None, probs: torch.Tensor, mask: torch.Tensor,
-                 block_prob: float) -> float:
+                 block_prob: float, calibration: ScoreCalibration | None = None) -> float:
     """A target's confidence in [0, 1].
 
     Args:
@@ -89,12 +95,16 @@ def target_score(predicted_iou: float | None, probs: torch.Tensor, mask: torch.T
         probs: (H, W) foreground probabilities of the mask.
         mask: (H, W) bool, the binarised mask.
         block_prob: probability of the block's first token.
+        calibration: the checkpoint's fitted map to a probability of a hit, or None.
 
     Returns:
-        the predicted IoU clipped to [0, 1]; without it, the mean of ``probs`` over ``mask``
-        (0 when empty) times ``block_prob`` (the score of models from before the IoU head).
+        with a predicted IoU: ``calibration(predicted_iou, block_prob)``, or the predicted IoU
+        clipped to [0, 1] without a calibration; without it, the mean of ``probs`` over
+        ``mask`` (0 when empty) times ``block_prob`` (models from before the IoU head).
     """
     if predicted_iou is not None:
+        if calibration is not None:
+            return calibration(predicted_iou, block_prob)
         return min(max(float(predicted_iou), 0.0), 1.0)
     fg = float(probs[mask].mean()) if bool(mask.any()) else 0.0
     return fg * block_prob
@@ -126,10 +136,13 @@ class PixelLMPredictor:
         duplicate_iou: drop a target whose mask overlaps a higher-scoring target's with IoU
             above this (:func:`suppress_duplicates`; the dropped ones are in
             ``Prediction.duplicates``); None keeps every block's mask.
+        calibration: map of (predicted IoU, block probability) to the score; None: the raw
+            predicted IoU (:meth:`from_pretrained` loads the checkpoint's, if it has one).
     """
 
     def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None,
-                 constrain_blocks: bool = True, duplicate_iou: float | None = 0.5) -> None:
+                 constrain_blocks: bool = True, duplicate_iou: float | None = 0.5,
+                 calibration: ScoreCalibration | None = None) -> None:
         if duplicate_iou is not None and not 0.0 < duplicate_iou <= 1.0:
             raise ValueError(f"duplicate_iou must be in (0, 1] or None, got {duplicate_iou}")
         self.model = model.eval()
@@ -143,11 +156,14 @@ class PixelLMPredictor:
         self.max_new_tokens = max_new_tokens
         self.constrain_blocks = constrain_blocks
         self.duplicate_iou = duplicate_iou
+        self.calibration = calibration
 
     @classmethod
     def from_pretrained(cls, directory, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, **kw) -> PixelLMPredictor:
-        """Load a checkpoint directory (see :meth:`PixelLM.save_pretrained`)."""
+        """Load a checkpoint directory (see :meth:`PixelLM.save_pretrained`) and its score
+        calibration when it has one (``calibration=`` in ``kw`` overrides it)."""
+        kw.setdefault("calibration", ScoreCalibration.load(directory))
         return cls(PixelLM.from_pretrained(directory, device=device, dtype=dtype), **kw)
 
     @property
@@ -207,9 +223,9 @@ class PixelLMPredictor:
         targets = []
         for k, (phrase, start) in enumerate(zip(phrases, gen.block_starts[i])):
             mask = fg_masks[k].cpu().numpy()
-            score = target_score(None if ious is None else ious[k], probs[k], fg_masks[k],
-                                 gen.token_probs[i][start])
-            targets.append(Target(phrase, mask, score, _bbox(mask), _rle(mask), k))
+            iou, block_prob = None if ious is None else ious[k], float(gen.token_probs[i][start])
+            score = target_score(iou, probs[k], fg_masks[k], block_prob, self.calibration)
+            targets.append(Target(phrase, mask, score, _bbox(mask), _rle(mask), k, iou, block_prob))
         kept = (range(len(targets)) if self.duplicate_iou is None or not targets else
                 suppress_duplicates(fg_masks, [t.score for t in targets], iou=self.duplicate_iou))
         dropped = sorted(set(range(len(targets))) - set(kept))

@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = load_source("shapes", root=args.shapes_root, split=args.eval_split)
     pred = PixelLMPredictor.from_pretrained(result["final"])
     m = evaluate_generation(pred, samples, limit=args.eval_limit, progress=not args.no_progress)
+    from .calibrate import fit_and_save
+
+    calibration = fit_and_save(result["final"], m["score_records"], source=args.eval_split)
     hist = result["history"]
     summary = {"train_seconds": train_secs, "steps": result["steps"], "planned_steps": result["planned_steps"],
                "train_samples_per_s": hist[-1]["samples_per_s"] if hist else None,
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "target_phrase_acc": m["target_phrase_acc"], "phrase_giou": m["phrase_giou"],
                "with_duplicates": m["with_duplicates"], "n_duplicates": m["n_duplicates"],
                "eval_queries_per_s": m["queries_per_s"], "final_checkpoint": result["final"],
+               "score_uncalibrated": m["score"], "zero_target_rate": m["zero_target_rate"],
+               "score_calibration": None if calibration is None else vars(calibration),
                "vision_warmup_steps": len(result["vision_warmup"]),
                "vision_warmup_seconds": result["vision_warmup"][-1]["seconds"] if result["vision_warmup"] else 0.0}
     from pathlib import Path
@@ -59,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = m["with_duplicates"]
     print(f"duplicate masks dropped: {m['n_duplicates']}; with them kept: gIoU {raw['giou']:.3f}, "
           f"cIoU {raw['ciou']:.3f}")
+    if calibration is not None:
+        sq = m["score"]
+        print(f"target scores before calibration: AUROC {sq['auroc']:.3f}, ECE {sq['ece']:.3f}; "
+              f"score calibration fitted on {calibration.fitted_on} (pixellm.calibration)")
     if result["steps"] < result["planned_steps"]:
         print(f"note: the time budget cut the run to {result['steps']} of {result['planned_steps']} steps "
               f"(a slower machine); the README's figures are for the full run")
