@@ -151,6 +151,7 @@ def bench_set(predictor, es: EvalSet, args: argparse.Namespace) -> tuple[dict, l
     kw = dict(batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress)
     gen = evaluate_generation(predictor, es.samples, keep_predictions=4 * args.examples, **kw)
     examples = gen.pop("examples")
+    gen.pop("score_records")  # one row per target: what pixellm-calibrate fits, not a result
     tf = None if args.no_teacher_forced else evaluate_teacher_forced(
         predictor.model, es.samples, formatter=predictor.formatter, **kw)
     base = evaluate_baselines(es.samples, es.instances, limit=args.limit, seed=args.seed,
@@ -256,6 +257,8 @@ def _meta(args: argparse.Namespace, predictor, checkpoint: Path, argv: list[str]
                 torch=torch.__version__.split("+")[0], threads=torch.get_num_threads(),
                 batch_size=args.batch_size, limit=args.limit, seed=args.seed,
                 margin=args.margin, date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                score_calibration=(predictor.calibration.fitted_on if predictor.calibration
+                                   else None),
                 command=" ".join(["pixellm-bench", *(sys.argv[1:] if argv is None else argv)]))
 
 

@@ -124,9 +124,13 @@ def _confidence_table(report: dict) -> list[str]:
              _f(g["score"]["ece"]), f"{_f(g['zero_target_rate'])} ({g['n_zero_target']})"]
             for r in all_sets(report) for g in [r["generation"]]]
     header = ["split", "kept targets", "hits", "score AUROC", "score ECE", "zero-target rate (n)"]
+    fitted = report["meta"].get("score_calibration")
+    where = (f" The scores are calibrated on {fitted}: ECE on that split is in-sample, the other "
+             "splits measure it." if fitted else " The scores are the raw predicted IoU (no "
+             "score calibration in the checkpoint).")
     return ["Per-target confidence (the predictor's score; a hit is a kept target matched to a "
             "true one at IoU >= 0.5; AUROC – when all are hits or all misses) and the share of "
-            "zero-target questions answered with no mask:", "", *_table(header, rows)]
+            "zero-target questions answered with no mask." + where, "", *_table(header, rows)]
 
 
 def fresh_markdown(report: dict) -> list[str]:
