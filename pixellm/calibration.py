@@ -7,8 +7,8 @@ answer can also name a wrong object, whose mask may be sharp. So the score a use
 fitted on a held-out split from two features of each kept target:
 
 - ``logit(predicted IoU)``: how good the mask looks;
-- ``log p(block)``: the LLM's probability of closing the phrase with a block, i.e. how sure
-  the text is that this phrase is a target.
+- ``log p(text)``: the lowest probability the LLM gave a token it wrote for this target (the
+  words since the previous block and the block's first token), i.e. how sure the text is.
 
 ``p(hit) = sigmoid(w . features + b)``, fitted by L2-regularised logistic regression
 (``scipy.optimize.minimize``). The identity map (w = (1, 0), b = 0) gives back the predicted
@@ -31,18 +31,18 @@ FILE_NAME = "score_calibration.json"
 EPS = 1e-4  # features clip probabilities to [EPS, 1 - EPS]
 
 
-def features(predicted_iou: float, block_prob: float) -> tuple[float, float]:
-    """(logit of the predicted IoU, log of the block probability), both clipped finite."""
+def features(predicted_iou: float, text_prob: float) -> tuple[float, float]:
+    """(logit of the predicted IoU, log of the text probability), both clipped finite."""
     q = min(max(float(predicted_iou), EPS), 1.0 - EPS)
-    return math.log(q / (1.0 - q)), math.log(min(max(float(block_prob), EPS), 1.0))
+    return math.log(q / (1.0 - q)), math.log(min(max(float(text_prob), EPS), 1.0))
 
 
 @dataclass(frozen=True)
 class ScoreCalibration:
-    """``p(hit) = sigmoid(weights . features(iou, block_prob) + bias)``.
+    """``p(hit) = sigmoid(weights . features(iou, text_prob) + bias)``.
 
     Attributes:
-        weights: (w_iou, w_block).
+        weights: (w_iou, w_text).
         bias: b.
         fitted_on: what it was fitted on (for the record), e.g. "val: 1894 targets, 783 hits".
     """
@@ -51,9 +51,9 @@ class ScoreCalibration:
     bias: float = 0.0
     fitted_on: str = "identity"
 
-    def __call__(self, predicted_iou: float, block_prob: float) -> float:
+    def __call__(self, predicted_iou: float, text_prob: float) -> float:
         """The calibrated probability in (0, 1)."""
-        z = sum(w * f for w, f in zip(self.weights, features(predicted_iou, block_prob), strict=True))
+        z = sum(w * f for w, f in zip(self.weights, features(predicted_iou, text_prob), strict=True))
         return 1.0 / (1.0 + math.exp(-(z + self.bias)))
 
     def save(self, directory: str | Path) -> Path:
@@ -85,7 +85,7 @@ class ScoreCalibration:
 
 def fit(records: Sequence[tuple[float, float, bool]], *, l2: float = 1e-3,
         source: str = "") -> ScoreCalibration:
-    """Fit the logistic map on (predicted IoU, block probability, hit) records.
+    """Fit the logistic map on (predicted IoU, text probability, hit) records.
 
     Args:
         records: one per kept predicted target.

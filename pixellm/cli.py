@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duplicate-iou", type=_iou, default=0.5,
                    help="drop a target whose mask overlaps a higher-scoring one's with IoU above this")
     p.add_argument("--keep-duplicates", action="store_true", help="keep every block's mask (no suppression)")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="reject targets scored below this (default: the predictor's, 0 without a score calibration)")
     return p
 
 
@@ -44,9 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pred = PixelLMPredictor.from_pretrained(
             args.checkpoint, device=args.device, max_new_tokens=args.max_new_tokens,
-            duplicate_iou=None if args.keep_duplicates else args.duplicate_iou)
+            duplicate_iou=None if args.keep_duplicates else args.duplicate_iou,
+            **({} if args.min_score is None else {"min_score": args.min_score}))
         result = pred.predict(args.image, args.question)
-    except (InputError, CheckpointError) as e:
+    except (InputError, CheckpointError, ValueError) as e:  # ValueError: an option out of range
         print(f"pixellm-predict: error: {e}", file=sys.stderr)
         return 2
     print(result.answer)
@@ -54,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  - {t.phrase!r}: score {t.score:.3f}, bbox {t.bbox}, area {int(t.mask.sum())}")
     for t in result.duplicates:
         print(f"  = dropped {t.phrase!r}: its mask repeats a higher-scoring target's")
+    for t in result.rejected:
+        print(f"  ? rejected {t.phrase!r}: score {t.score:.3f} below {pred.min_score:.2f}")
     for m in result.malformed:
         print(f"  ! dropped {m}")
     if args.out:
@@ -62,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = {"image": str(args.image), "question": args.question, "answer": result.answer,
                   "targets": [_target_json(t) for t in result.targets],
                   "duplicates": [_target_json(t) for t in result.duplicates],
+                  "rejected": [_target_json(t) for t in result.rejected],
                   "malformed_blocks": result.malformed}
         (out / "prediction.json").write_text(json.dumps(record, indent=2))
         draw_overlay(load_image(args.image), [t.mask for t in result.targets],

@@ -196,9 +196,10 @@ class GenerationScores:
     def __init__(self) -> None:
         self.split, self.raw, self.score = SplitScores(), MultiTargetIoU(), ScoreQuality()
         self.n, self.n_dup, self.malformed, self.named, self.text = 0, 0, 0, 0, 0.0
+        self.n_rejected = 0
         self.pred_counts: list[int] = []
         self.true_counts: list[int] = []
-        # (predicted IoU, block probability, hit) of each kept target that has a predicted
+        # (predicted IoU, text probability, hit) of each kept target that has a predicted
         # IoU: what :func:`pixellm.calibration.fit` maps to a probability of a hit
         self.score_records: list[tuple[float, float, bool]] = []
 
@@ -207,15 +208,17 @@ class GenerationScores:
         gt = torch.from_numpy(sample.masks())  # (Kg, H, W) bool
         kept = _pred_masks(pred.targets, sample.height, sample.width)  # (Kp, H, W)
         self.split.update(kept, gt)
-        self.raw.update([_pred_masks(pred.targets + pred.duplicates, sample.height, sample.width)], [gt])
+        every = pred.targets + pred.duplicates + pred.rejected
+        self.raw.update([_pred_masks(every, sample.height, sample.width)], [gt])
         hits = target_hits(kept, gt)
         self.score.update([t.score for t in pred.targets], hits)
-        self.score_records += [(t.predicted_iou, t.block_prob, h) for t, h in zip(pred.targets, hits)
+        self.score_records += [(t.predicted_iou, t.text_prob, h) for t, h in zip(pred.targets, hits)
                                if t.predicted_iou is not None]
         self.pred_counts.append(len(pred.targets))
         self.true_counts.append(gt.shape[0])
-        phrases = [t.phrase for t in pred.targets + pred.duplicates]
+        phrases = [t.phrase for t in every]
         self.n, self.n_dup = self.n + 1, self.n_dup + len(pred.duplicates)
+        self.n_rejected += len(pred.rejected)
         self.malformed += bool(pred.malformed)
         self.named += same_targets(phrases, sample.phrases)
         self.text += phrase_iou(phrases, sample.phrases)
@@ -227,6 +230,7 @@ class GenerationScores:
                 "target_phrase_acc": self.named / n if n else math.nan,
                 "phrase_giou": self.text / n if n else math.nan,
                 "with_duplicates": self.raw.compute(), "n_duplicates": self.n_dup,
+                "n_rejected": self.n_rejected,
                 "score": self.score.compute(),
                 "zero_target_rate": zero_target_rate(self.pred_counts, self.true_counts),
                 "n_zero_target": sum(k == 0 for k in self.true_counts)}
@@ -251,11 +255,12 @@ def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch
          exactly the true targets (:func:`same_targets`), "phrase_giou": mean
          :func:`phrase_iou` (the answers' text scored as perfect masks of what they name),
          "with_duplicates": the "all" metrics of every block's mask (before the predictor's
-         duplicate suppression), "n_duplicates": masks it dropped, "duplicate_iou": its
+         duplicate suppression and score threshold), "n_duplicates": masks the suppression
+         dropped, "n_rejected": masks scored below the threshold, "duplicate_iou": its
          threshold (None: off), "score": :class:`ScoreQuality` of the kept targets' scores
          ({"auroc", "ece", "n", "n_hits", "note"}), "zero_target_rate": share of the
          zero-target questions answered with no kept mask (NaN without such questions),
-         "n_zero_target": their number, "score_records": (predicted IoU, block probability,
+         "n_zero_target": their number, "score_records": (predicted IoU, text probability,
          hit) per kept target with a predicted IoU, "examples": [(sample, Prediction), ...]}. The text
          measures read every phrase of the answer, duplicates included.
     """

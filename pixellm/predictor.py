@@ -31,7 +31,8 @@ class Target:
     bbox: XYXY pixel box of the mask (zeros if empty). rle: COCO RLE dict (``counts`` as str)
     of the mask. index: position of its block in the answer (0-based; the answer's phrases are
     ``targets`` and ``duplicates`` merged by index). predicted_iou: the IoU head's output (None
-    without the head). block_prob: the LLM's probability of the block's first token.
+    without the head). text_prob: the lowest probability the LLM gave a token it wrote for
+    this target (the words since the previous block, and the block's first token).
     """
 
     phrase: str
@@ -41,20 +42,22 @@ class Target:
     rle: dict
     index: int = 0
     predicted_iou: float | None = None
-    block_prob: float | None = None
+    text_prob: float | None = None
 
 
 @dataclass
 class Prediction:
     """answer: generated text without codebook tokens; targets: one per complete block, in answer
-    order, less the duplicates; malformed: descriptions of dropped truncated/broken blocks (empty
-    when all were complete); duplicates: the blocks whose mask repeats a kept target's (see
-    :func:`suppress_duplicates`), kept here so nothing the model wrote is lost."""
+    order, less the duplicates and the rejected; malformed: descriptions of dropped
+    truncated/broken blocks (empty when all were complete); duplicates: the blocks whose mask
+    repeats a kept target's (see :func:`suppress_duplicates`); rejected: the blocks scored below
+    the predictor's ``min_score``. Both are kept here so nothing the model wrote is lost."""
 
     answer: str
     targets: list[Target]
     malformed: list[str] = field(default_factory=list)
     duplicates: list[Target] = field(default_factory=list)
+    rejected: list[Target] = field(default_factory=list)
 
 
 def suppress_duplicates(masks: torch.Tensor, scores: Sequence[float], *, iou: float) -> list[int]:
@@ -87,7 +90,8 @@ def suppress_duplicates(masks: torch.Tensor, scores: Sequence[float], *, iou: fl
 
 
 def target_score(predicted_iou: float | None, probs: torch.Tensor, mask: torch.Tensor,
-                 block_prob: float, calibration: ScoreCalibration | None = None) -> float:
+                 block_prob: float, calibration: ScoreCalibration | None = None, *,
+                 text_prob: float = 1.0) -> float:
     """A target's confidence in [0, 1].
 
     Args:
@@ -96,15 +100,16 @@ def target_score(predicted_iou: float | None, probs: torch.Tensor, mask: torch.T
         mask: (H, W) bool, the binarised mask.
         block_prob: probability of the block's first token.
         calibration: the checkpoint's fitted map to a probability of a hit, or None.
+        text_prob: the target's lowest token probability (:attr:`Target.text_prob`).
 
     Returns:
-        with a predicted IoU: ``calibration(predicted_iou, block_prob)``, or the predicted IoU
+        with a predicted IoU: ``calibration(predicted_iou, text_prob)``, or the predicted IoU
         clipped to [0, 1] without a calibration; without it, the mean of ``probs`` over
         ``mask`` (0 when empty) times ``block_prob`` (models from before the IoU head).
     """
     if predicted_iou is not None:
         if calibration is not None:
-            return calibration(predicted_iou, block_prob)
+            return calibration(predicted_iou, text_prob)
         return min(max(float(predicted_iou), 0.0), 1.0)
     fg = float(probs[mask].mean()) if bool(mask.any()) else 0.0
     return fg * block_prob
@@ -123,6 +128,12 @@ def _rle(mask: np.ndarray) -> dict:
     return rle
 
 
+# The calibrated probability of a hit under which a target is rejected, chosen on val (see
+# docs/experiments.md, benchmark v2): a target that is more likely a miss than this costs the
+# question more (an unmatched mask is an IoU-0 pair) than it is expected to bring.
+DEFAULT_MIN_SCORE = 0.0
+
+
 class PixelLMPredictor:
     """Runs a trained :class:`PixelLM` on raw images.
 
@@ -136,15 +147,20 @@ class PixelLMPredictor:
         duplicate_iou: drop a target whose mask overlaps a higher-scoring target's with IoU
             above this (:func:`suppress_duplicates`; the dropped ones are in
             ``Prediction.duplicates``); None keeps every block's mask.
-        calibration: map of (predicted IoU, block probability) to the score; None: the raw
+        calibration: map of (predicted IoU, text probability) to the score; None: the raw
             predicted IoU (:meth:`from_pretrained` loads the checkpoint's, if it has one).
+        min_score: targets scored below this go to ``Prediction.rejected`` (0: keep all).
+            :meth:`from_pretrained` uses :data:`DEFAULT_MIN_SCORE` with a calibration, where
+            the score is a probability of a hit, and 0 without one.
     """
 
     def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None,
                  constrain_blocks: bool = True, duplicate_iou: float | None = 0.5,
-                 calibration: ScoreCalibration | None = None) -> None:
+                 calibration: ScoreCalibration | None = None, min_score: float = 0.0) -> None:
         if duplicate_iou is not None and not 0.0 < duplicate_iou <= 1.0:
             raise ValueError(f"duplicate_iou must be in (0, 1] or None, got {duplicate_iou}")
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         self.model = model.eval()
         cfg = model.config
         self.cfg, self.tokenizer = cfg, model.tokenizer
@@ -157,6 +173,7 @@ class PixelLMPredictor:
         self.constrain_blocks = constrain_blocks
         self.duplicate_iou = duplicate_iou
         self.calibration = calibration
+        self.min_score = min_score
 
     @classmethod
     def from_pretrained(cls, directory, *, device: str | torch.device | None = None,
@@ -164,6 +181,7 @@ class PixelLMPredictor:
         """Load a checkpoint directory (see :meth:`PixelLM.save_pretrained`) and its score
         calibration when it has one (``calibration=`` in ``kw`` overrides it)."""
         kw.setdefault("calibration", ScoreCalibration.load(directory))
+        kw.setdefault("min_score", DEFAULT_MIN_SCORE if kw["calibration"] is not None else 0.0)
         return cls(PixelLM.from_pretrained(directory, device=device, dtype=dtype), **kw)
 
     @property
@@ -221,13 +239,20 @@ class PixelLMPredictor:
         probs, fg_masks = logits.sigmoid(), logits > 0
         ious = None if gen.iou is None else gen.iou[i].tolist()
         targets = []
+        prev = 0
         for k, (phrase, start) in enumerate(zip(phrases, gen.block_starts[i])):
             mask = fg_masks[k].cpu().numpy()
-            iou, block_prob = None if ious is None else ious[k], float(gen.token_probs[i][start])
-            score = target_score(iou, probs[k], fg_masks[k], block_prob, self.calibration)
-            targets.append(Target(phrase, mask, score, _bbox(mask), _rle(mask), k, iou, block_prob))
+            # the answer's surest-to-least-sure token for this target: its words and block start
+            text_prob = float(min(gen.token_probs[i][prev:start + 1]))
+            prev = start + block
+            iou = None if ious is None else ious[k]
+            score = target_score(iou, probs[k], fg_masks[k], gen.token_probs[i][start], self.calibration,
+                                 text_prob=text_prob)
+            targets.append(Target(phrase, mask, score, _bbox(mask), _rle(mask), k, iou, text_prob))
         kept = (range(len(targets)) if self.duplicate_iou is None or not targets else
                 suppress_duplicates(fg_masks, [t.score for t in targets], iou=self.duplicate_iou))
         dropped = sorted(set(range(len(targets))) - set(kept))
-        return Prediction(answer, [targets[k] for k in kept], list(gen.malformed[i]),
-                          [targets[k] for k in dropped])
+        sure = [k for k in kept if targets[k].score >= self.min_score]
+        return Prediction(answer, [targets[k] for k in sure], list(gen.malformed[i]),
+                          [targets[k] for k in dropped],
+                          [targets[k] for k in kept if targets[k].score < self.min_score])

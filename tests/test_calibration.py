@@ -66,7 +66,7 @@ def test_predictor_applies_the_checkpoint_calibration(tiny_model, tmp_path):
     from pixellm.predictor import PixelLMPredictor, target_score
     probs, mask = torch.full((4, 4), 0.9), torch.ones(4, 4, dtype=torch.bool)
     cal = ScoreCalibration((1.0, 1.0), 0.0)
-    assert target_score(0.8, probs, mask, 0.5, cal) == pytest.approx(cal(0.8, 0.5))
+    assert target_score(0.8, probs, mask, 0.5, cal, text_prob=0.3) == pytest.approx(cal(0.8, 0.3))
     assert target_score(0.8, probs, mask, 0.5, None) == pytest.approx(0.8)
     tiny_model.save_pretrained(tmp_path)
     assert PixelLMPredictor.from_pretrained(tmp_path).calibration is None

@@ -376,3 +376,17 @@ def test_block_chunked_decoding_equals_token_by_token(tiny_model):
     assert chunked.malformed[0] == stepwise.malformed[0] != []  # the 4th block is cut at 20 tokens
     assert chunked.block_starts[1] == [] and chunked.tokens[1] == [tok.convert_tokens_to_ids("red")] * 20
     assert torch.allclose(chunked.mask_logits[0], stepwise.mask_logits[0], atol=1e-4)
+
+
+def test_targets_scored_below_min_score_are_rejected_not_lost(tiny_model, image, monkeypatch):
+    """Scores 0.5, 0.73, 0.88 (sigmoid of 0, 1, 2): the first repeats the third's mask."""
+    p = _three_blocks_two_alike(tiny_model, monkeypatch, min_score=0.8).predict(image, QUESTION)
+    assert [t.index for t in p.targets] == [2] and [t.index for t in p.rejected] == [1]
+    assert [t.index for t in p.duplicates] == [0]
+    assert p.rejected[0].score == pytest.approx(1 / (1 + np.exp(-1)))
+    assert p.rejected[0].predicted_iou == pytest.approx(p.rejected[0].score)  # no calibration
+    assert 0.0 <= p.rejected[0].text_prob <= 1.0
+    keep = _three_blocks_two_alike(tiny_model, monkeypatch).predict(image, QUESTION)
+    assert [t.index for t in keep.targets] == [1, 2] and keep.rejected == []
+    with pytest.raises(ValueError, match="min_score"):
+        PixelLMPredictor(tiny_model, min_score=1.5)

