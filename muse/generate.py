@@ -79,7 +79,7 @@ def render_example(config: GenConfig, split: str,
                          pairs=split_pairs(split, config.held_out))
     count = config.test_questions_per_image if split == "test" else config.questions_per_image
     questions = make_questions(scene, rng, count, weights=config.weights,
-                               companion_cap=LESS_MAX_TARGETS if split == "test" else 1 << 30)
+                               companion_cap=LESS_MAX_TARGETS if split == "test" else None)
     multi = None
     if split == "test" and len(scene.objects) >= 2:
         multi = multi_ref_question(scene, rng, MULTI_REF_SIZES[index % len(MULTI_REF_SIZES)])

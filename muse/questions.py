@@ -248,19 +248,20 @@ def reading_order(scene: Scene, targets: list[int]) -> tuple[int, ...]:
     return tuple(sorted(targets, key=lambda i: (scene.objects[i].centroid[1], scene.objects[i].centroid[0], i)))
 
 
-def _stackable(questions: list[Question], cap: int) -> bool:
-    """Whether a zero-target question, if any, has a companion with 1 to ``cap`` targets."""
+def _stackable(questions: list[Question], cap: int | None) -> bool:
+    """Whether a zero-target question, if any, has a companion with 1 to ``cap`` (None: any
+    number of) targets."""
     return (all(q.targets for q in questions)
-            or any(0 < len(q.targets) <= cap for q in questions))
+            or any(q.targets and (cap is None or len(q.targets) <= cap) for q in questions))
 
 
 def make_questions(scene: Scene, rng: np.random.Generator, count: int, *,
                    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
-                   max_tries: int = 50, companion_cap: int = 1 << 30) -> list[Question]:
+                   max_tries: int = 50, companion_cap: int | None = None) -> list[Question]:
     """Draw up to ``count`` distinct questions (by text) about one scene.
 
-    A zero-target question always has a companion question with 1 to ``companion_cap``
-    targets: the official MUSE loader stacks every target mask of a record and cannot stack
+    A zero-target question always has a companion question with 1 to ``companion_cap`` (None:
+    any number of) targets: the official MUSE loader stacks every target mask of a record and cannot stack
     none, and a test image's questions are split by count (``companion_cap`` = the test_less
     cap), so each part must hold a target. The last draw is refused when it would break this;
     if the draws run out first, the zero-target questions are left out.
