@@ -44,6 +44,20 @@ def pair_stats(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return inter, union, iou
 
 
+def hungarian(iou: Tensor) -> tuple[Tensor, Tensor]:
+    """The one-to-one matching of predictions to ground truths that maximises the total IoU.
+
+    Args:
+        iou: (Kp, Kg) pairwise IoU (:func:`pair_stats`).
+
+    Returns:
+        (rows, cols): long tensors of the matched prediction and ground-truth indices, on
+        ``iou``'s device, ``min(Kp, Kg)`` pairs.
+    """
+    return tuple(torch.as_tensor(a, device=iou.device)
+                 for a in linear_sum_assignment(-iou.cpu().numpy()))
+
+
 def _check_pair(pred: Tensor, gt: Tensor) -> None:
     if pred.dim() != 3 or gt.dim() != 3 or pred.shape[1:] != gt.shape[1:]:
         raise ValueError(f"expected (Kp, H, W) and (Kg, H, W) masks of one size, got "
@@ -121,8 +135,7 @@ class MultiTargetIoU(Metric):
     def _match(self, pred: Tensor, gt: Tensor) -> float:
         """Match one question, add its pixel sums and IoU>=0.5 hits; return its mean pair IoU."""
         inter, _, iou = pair_stats(pred, gt)
-        rows, cols = (torch.as_tensor(a, device=iou.device)
-                      for a in linear_sum_assignment(-iou.cpu().numpy()))
+        rows, cols = hungarian(iou)
         matched = iou[rows, cols]
         matched_inter = float(inter[rows, cols].sum())
         areas = float(binarise(pred).sum() + binarise(gt).sum())

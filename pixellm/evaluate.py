@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torchmetrics.classification import BinaryAUROC, BinaryCalibrationError
 from tqdm.auto import tqdm
 
@@ -20,7 +19,7 @@ from .data import SegmentationDataset, collate
 from .decoder import postprocess_masks
 from .errors import InputError
 from .muse import MultiTargetIoU, ReferringIoU
-from .muse.metrics import NUM_K_BUCKETS, pair_stats
+from .muse.metrics import NUM_K_BUCKETS, hungarian, pair_stats
 from .predictor import PixelLMPredictor, Prediction
 
 
@@ -45,8 +44,8 @@ class SplitScores:
 def target_hits(pred: torch.Tensor, gt: torch.Tensor, *, threshold: float = 0.5) -> list[bool]:
     """Which predicted masks are hits: Hungarian-matched to a ground truth with IoU >= threshold.
 
-    The matching is :class:`~pixellm.muse.MultiTargetIoU`'s (``linear_sum_assignment`` on -IoU
-    from :func:`~pixellm.muse.metrics.pair_stats`), so the hits of a question are its
+    The matching is :class:`~pixellm.muse.MultiTargetIoU`'s (:func:`~pixellm.muse.metrics.hungarian`
+    on :func:`~pixellm.muse.metrics.pair_stats`), so the hits of a question are its
     ``precision50`` true positives.
 
     Args:
@@ -60,8 +59,8 @@ def target_hits(pred: torch.Tensor, gt: torch.Tensor, *, threshold: float = 0.5)
     hits = [False] * pred.shape[0]
     if pred.shape[0] and gt.shape[0]:
         iou = pair_stats(pred, gt)[2]  # (Kp, Kg) float64
-        for r, c in zip(*linear_sum_assignment(-iou.cpu().numpy()), strict=True):
-            hits[r] = bool(iou[r, c] >= threshold)
+        for r, c in zip(*hungarian(iou), strict=True):
+            hits[int(r)] = bool(iou[r, c] >= threshold)
     return hits
 
 
