@@ -54,10 +54,10 @@ test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## Static checks (ruff)
-	$(BIN)/ruff check pixellm codebook decoder muse benchmarks tests
+	$(BIN)/ruff check pixellm codebook decoder muse lisa benchmarks tests
 
 style: $(STAMP) ## Apply ruff fixes and formatting of imports
-	$(BIN)/ruff check --fix pixellm codebook decoder muse benchmarks tests
+	$(BIN)/ruff check --fix pixellm codebook decoder muse lisa benchmarks tests
 
 clean: ## Remove caches (keeps .venv, data and checkpoints)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

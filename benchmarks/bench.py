@@ -194,7 +194,7 @@ def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
          metrics, zero-target metrics, training stats and lead over the default, "note"}.
     """
     from pixellm.evaluate import evaluate_generation
-    from pixellm.predictor import PixelLMPredictor
+    from pixellm.families import load_predictor
 
     out_dir = args.ablation_out or checkpoint.parent / "ablation"
     kw = dict(batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress)
@@ -206,7 +206,7 @@ def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
         argv = variant_argv(name, checkpoint=checkpoint, shapes_root=args.data, run_dir=run,
                             train_args=train_args, progress=not args.no_progress)
         final = train_variant(name, run, argv, retrain=args.retrain)
-        pred = PixelLMPredictor.from_pretrained(final, device=args.device, dtype=_dtype(args),
+        pred = load_predictor(final, device=args.device, dtype=_dtype(args),
                                                 max_new_tokens=args.max_new_tokens)
         rows.append(_ablation_row(name, VARIANTS[name], evaluate_generation(pred, val.samples, **kw),
                                   training_stats(run)))
@@ -265,7 +265,7 @@ def _meta(args: argparse.Namespace, predictor, checkpoint: Path, argv: list[str]
 def _setup(args: argparse.Namespace):
     """(checkpoint, splits, fresh (seed, splits) or None, the ablation's val split or None,
     predictor); InputError early."""
-    from pixellm.predictor import PixelLMPredictor
+    from pixellm.families import load_predictor
 
     checkpoint = check_checkpoint(args.checkpoint)
     sets, val = eval_sets(args), None
@@ -274,7 +274,7 @@ def _setup(args: argparse.Namespace):
         selected_variants(args.variants)  # a typo fails now, not after the benchmark
         val = next((es for es in sets if es.name == "shapes-val"), None) or muse_sets(
             "shapes", args.data, ["val"], strict=not args.lenient_data)[0]
-    predictor = PixelLMPredictor.from_pretrained(checkpoint, device=args.device, dtype=_dtype(args),
+    predictor = load_predictor(checkpoint, device=args.device, dtype=_dtype(args),
                                                  max_new_tokens=args.max_new_tokens)
     return checkpoint, sets, fresh, val, predictor
 

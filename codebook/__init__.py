@@ -7,6 +7,7 @@ from .phrase import PhraseHead, RegionWordHead, block_phrases, phrase_bags
 from .tokens import (
     BlockParse,
     add_codebook_tokens,
+    add_special_tokens,
     block_text,
     codebook_token_names,
     parse_blocks,
@@ -20,6 +21,7 @@ __all__ = [
     "PhraseHead",
     "RegionWordHead",
     "add_codebook_tokens",
+    "add_special_tokens",
     "block_phrases",
     "block_text",
     "codebook_token_names",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "BlockParse",
     "add_codebook_tokens",
+    "add_special_tokens",
     "block_text",
     "codebook_token_names",
     "parse_blocks",
@@ -73,17 +74,27 @@ def add_codebook_tokens(tokenizer, *, num_scales: int, tokens_per_scale: int) ->
         The ``L * N`` token ids, in block order.
     """
     names = codebook_token_names(num_scales=num_scales, tokens_per_scale=tokens_per_scale)
-    vocab = tokenizer.get_vocab()
-    missing = [name for name in names if name not in vocab]
+    return add_special_tokens(tokenizer, names)
+
+
+def add_special_tokens(tokenizer, names: Sequence[str]) -> list[int]:
+    """Add ``names`` to a Hugging Face tokenizer as additional special tokens (idempotent,
+    keeping its other special tokens); any block token set, e.g. LISA's ``[SEG]``.
+
+    Returns:
+        their ids, in the order of ``names``.
+    Raises:
+        RuntimeError: the tokens did not get distinct, known ids.
+    """
+    names = list(names)
+    missing = [name for name in names if name not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens(
             {"additional_special_tokens": missing}, **{_replace_keyword(tokenizer): False}
         )
     ids = tokenizer.convert_tokens_to_ids(names)
     if len(set(ids)) != len(ids) or tokenizer.unk_token_id in ids:
-        raise RuntimeError(
-            f"codebook tokens did not get distinct ids: {dict(zip(names, ids, strict=True))}"
-        )
+        raise RuntimeError(f"block tokens did not get distinct ids: {dict(zip(names, ids, strict=True))}")
     return list(ids)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -107,3 +109,22 @@ def multi_question(expressions: Sequence[str]) -> str:
     """``"What are A, B and C in this image?"`` (``"What is A in this image?"`` for one)."""
     verb = "is" if len(expressions) == 1 else "are"
     return f"What {verb} {join_phrases(expressions)} in this image?"
+
+
+def merge_targets(sample: Sample) -> Sample:
+    """The sample as original LISA answers it: one placeholder after all target phrases, whose
+    mask is the union of the targets' masks (zero targets stay zero).
+
+    Returns:
+        ``sample`` unchanged with 0 or 1 target; else ``"X, Y and Z {seg}."``-style answers
+        (every placeholder but the last removed) with one phrase (the phrases joined) and one
+        (1, H, W) mask.
+    """
+    if sample.num_targets <= 1:
+        return sample
+    head, _, tail = sample.answer.rpartition(SEG)
+    answer = " ".join(re.sub(r"\s*" + re.escape(SEG), "", head).split()) + " " + SEG + tail
+    load = sample._load_masks
+    return dataclasses.replace(
+        sample, answer=answer, phrases=(join_phrases(sample.phrases),), target_ids=(),
+        names=(), _load_masks=None if load is None else (lambda: load().any(0, keepdims=True)))

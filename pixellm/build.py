@@ -58,8 +58,21 @@ def _build_llm(cfg: PixelLMConfig, tokenizer, load_weights: bool, dtype):
     return llm, image_id, codebook_ids
 
 
-def build_model(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBase | None = None,
-                load_weights: bool = True, dtype: torch.dtype | None = None) -> PixelLM:
+def build_model(config, *, tokenizer: PreTrainedTokenizerBase | None = None,
+                load_weights: bool = True, dtype: torch.dtype | None = None):
+    """Assemble the model of any family from its config or registered name.
+
+    Same arguments as :func:`build_pixellm`; the config's ``family`` picks the builder
+    (:mod:`pixellm.families`).
+    """
+    from .families import family_of
+
+    cfg = get_model_config(config) if isinstance(config, str) else config.validate()
+    return family_of(cfg).build(cfg, tokenizer=tokenizer, load_weights=load_weights, dtype=dtype)
+
+
+def build_pixellm(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizerBase | None = None,
+                  load_weights: bool = True, dtype: torch.dtype | None = None) -> PixelLM:
     """Assemble a PixelLM from its config.
 
     Args:
@@ -117,3 +130,14 @@ def codebook_tokens(cfg: PixelLMConfig) -> list[str]:
     """The codebook token strings of ``cfg`` in block order."""
     return codebook_token_names(num_scales=cfg.codebook.num_scales,
                                 tokens_per_scale=cfg.codebook.tokens_per_scale)
+
+
+def _family():
+    from .families import Family
+    from .predictor import PixelLMPredictor
+
+    return Family(name="pixellm", config_class=PixelLMConfig, build=build_pixellm,
+                  predictor_class=PixelLMPredictor)
+
+
+FAMILY = _family()

@@ -2,8 +2,8 @@
 
 Layout of a checkpoint directory::
 
-    config.json         PixelLMConfig (the LLM's full transformers config inlined, so the
-                        directory is self-contained)
+    config.json         the model config, naming its family (the LLM's and SAM's full
+                        transformers configs inlined, so the directory is self-contained)
     model.safetensors   every parameter and persistent buffer
     tokenizer/          the tokenizer, codebook tokens included
 """
@@ -19,22 +19,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import PixelLMConfig
 from .errors import CheckpointError
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 
 
-def _self_contained_config(model) -> dict:
-    d = model.config.to_dict()
-    d["llm"]["config"] = model.base_llm.config.to_dict()
-    d["llm"]["config"].pop("transformers_version", None)
-    d["vision"]["pretrained"] = None  # the weights file holds the tower
-    return d
-
-
 def save_pretrained(model, directory: str | Path) -> Path:
-    """Write ``model`` (a built :class:`PixelLM` with ``.config``/``.tokenizer``) to ``directory``.
+    """Write ``model`` (a built model of any family, with ``.config``/``.tokenizer``) to ``directory``.
 
     The write goes to a temporary sibling first and is renamed into place, so an interrupted
     save never leaves a directory that looks complete.
@@ -43,7 +34,7 @@ def save_pretrained(model, directory: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        (tmp / CONFIG_NAME).write_text(json.dumps(_self_contained_config(model), indent=2))
+        (tmp / CONFIG_NAME).write_text(json.dumps(model.checkpoint_config(), indent=2))
         seen: dict[int, str] = {}
         tensors = {}
         for k, v in model.state_dict().items():  # safetensors refuses shared storage: copy aliases
@@ -99,22 +90,32 @@ def from_pretrained(directory: str | Path, *, device: str | torch.device | None 
     """Build the model described by ``directory/config.json`` and load its weights strictly.
 
     Returns:
-        :class:`pixellm.PixelLM` in eval mode with ``.config`` and ``.tokenizer``.
+        the config's family's model (:class:`pixellm.PixelLM`, :class:`pixellm.lisa.Lisa`, ...)
+        in eval mode with ``.config`` and ``.tokenizer``.
     Raises:
-        CheckpointError: missing directory/files, unreadable or mismatching weights.
+        CheckpointError: missing directory/files, unknown family, unreadable or mismatching
+            weights.
     """
-    from .build import build_model
     from .llm import load_tokenizer
 
     d = check_checkpoint_dir(directory)
-    try:
-        cfg = PixelLMConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
-    except (json.JSONDecodeError, ValueError) as e:
-        raise CheckpointError(f"cannot parse {d / CONFIG_NAME}: {e}") from e
+    cfg, family = read_config(d)
     try:
         tokenizer = load_tokenizer(d / TOKENIZER_DIR)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load tokenizer from {d / TOKENIZER_DIR}: {e}") from e
-    model = build_model(cfg, tokenizer=tokenizer, load_weights=False)
+    model = family.build(cfg, tokenizer=tokenizer, load_weights=False)
     load_state_dict_strict(model, d / WEIGHTS_NAME)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def read_config(directory: str | Path):
+    """(config, :class:`~pixellm.families.Family`) of a checkpoint directory's config.json."""
+    from .families import config_from_dict, family_of
+
+    path = Path(directory) / CONFIG_NAME
+    try:
+        d = json.loads(path.read_text())
+        return config_from_dict(d), family_of(d)
+    except (OSError, json.JSONDecodeError, ValueError) as e:  # ConfigError is a ValueError
+        raise CheckpointError(f"cannot parse {path}: {e}") from e

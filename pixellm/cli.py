@@ -39,12 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the answer; with --out, write the per-target JSON and an overlay PNG. Exit 2 on bad input."""
     args = _parser().parse_args(argv)
     from .errors import CheckpointError, InputError
+    from .families import load_predictor
     from .image_io import load_image
     from .overlay import draw_overlay
-    from .predictor import PixelLMPredictor
 
     try:
-        pred = PixelLMPredictor.from_pretrained(
+        pred = load_predictor(
             args.checkpoint, device=args.device, max_new_tokens=args.max_new_tokens,
             duplicate_iou=None if args.keep_duplicates else args.duplicate_iou,
             **({} if args.min_score is None else {"min_score": args.min_score}))

@@ -1,7 +1,8 @@
 """Model configs: one JSON per variant (``model_configs/*.json``) parsed into dataclasses.
 
-``list_models()`` names the registered variants, ``get_model_config(name)`` returns a fresh
-:class:`PixelLMConfig`, ``add_model_config(path_or_dict)`` registers more.
+``list_models()`` names the registered variants of every family, ``get_model_config(name)``
+returns a fresh config of the variant's family (:class:`PixelLMConfig` for ``pixellm``; see
+:mod:`pixellm.families`), ``add_model_config(path_or_dict)`` registers more.
 """
 from __future__ import annotations
 
@@ -101,11 +102,17 @@ class PixelLMConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     image_pool: int = 16  # deep-scale grid is average-pooled to image_pool**2 LLM tokens
+    family: str = "pixellm"  # the model family (pixellm.families); fixed for this class
 
     @property
     def block_len(self) -> int:
         """Codebook tokens per target block (L x N)."""
         return self.codebook.num_scales * self.codebook.tokens_per_scale
+
+    @property
+    def input_size(self) -> int:
+        """Side of the padded square image the model takes (the CLIP input)."""
+        return self.vision.image_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,11 +131,14 @@ class PixelLMConfig:
                 decoder=DecoderConfig(**d.get("decoder", {})),
                 loss=LossConfig(**d.get("loss", {})),
                 image_pool=d.get("image_pool", 16),
+                family=d.get("family", "pixellm"),
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"malformed PixelLM config {d.get('name', '?')!r}: {e}") from e
 
     def validate(self) -> PixelLMConfig:
+        if self.family != "pixellm":
+            raise ConfigError(f"{self.name}: a PixelLMConfig has family 'pixellm', not {self.family!r}")
         if len(self.vision.layers) != self.codebook.num_scales:
             raise ConfigError(
                 f"{self.name}: vision.layers has {len(self.vision.layers)} entries but "
@@ -155,11 +165,13 @@ def _load_builtin() -> None:
 
 
 def add_model_config(source: str | Path | dict[str, Any]) -> str:
-    """Register a model config from a JSON file or a dict; returns its name."""
+    """Register a model config (of any family) from a JSON file or a dict; returns its name."""
+    from .families import config_from_dict
+
     d = json.loads(Path(source).read_text()) if not isinstance(source, dict) else source
-    if "name" not in d:
+    if not isinstance(d, dict) or "name" not in d:
         raise ConfigError(f"model config {source!r} has no 'name'")
-    PixelLMConfig.from_dict(d).validate()
+    config_from_dict(d)
     _REGISTRY[d["name"]] = copy.deepcopy(d)
     return d["name"]
 
@@ -170,8 +182,9 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model_config(name: str, **overrides: Any) -> PixelLMConfig:
-    """A fresh config for ``name``; ``overrides`` replace top-level sections or fields.
+def get_model_config(name: str, **overrides: Any) -> Any:
+    """A fresh config for ``name``, of its family's config class; ``overrides`` replace
+    top-level sections or fields.
 
     Example: ``get_model_config("pixellm-tiny", codebook={"tokens_per_scale": 1})``.
     """
@@ -184,4 +197,6 @@ def get_model_config(name: str, **overrides: Any) -> PixelLMConfig:
             d[key].update(value)
         else:
             d[key] = value
-    return PixelLMConfig.from_dict(d).validate()
+    from .families import config_from_dict
+
+    return config_from_dict(d)

@@ -295,7 +295,7 @@ def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tupl
 
 def _full_size_masks(model, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Decoder logits (K, h', w') -> (K, h, w) bool at the original size (resize-longest + pad)."""
-    s_ = model.config.vision.image_size
+    s_ = model.input_size
     scale = s_ / max(h, w)
     valid = (max(1, round(h * scale)), max(1, round(w * scale)))
     return postprocess_masks(logits.float(), padded_size=(s_, s_), valid_size=valid,
@@ -317,7 +317,7 @@ def evaluate_teacher_forced(model, samples: Sequence, *, formatter, batch_size: 
         "n_skipped", "skipped" (first messages) and "queries_per_s".
     """
     cfg = model.config
-    ds = SegmentationDataset(samples, formatter=formatter, image_size=cfg.vision.image_size,
+    ds = SegmentationDataset(samples, formatter=formatter, image_size=model.input_size,
                              mean=cfg.vision.mean, std=cfg.vision.std)
     metric, by_k, n_by_k, skipped = ReferringIoU(), {}, {}, []
     n, dev = _count(samples, limit), next(model.parameters()).device

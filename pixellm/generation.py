@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .codebook import gather_blocks, parse_blocks
-from .model import Generation, PixelLM
+from .segmenter import Generation, LLMSegmenter
 
 
 def _block_constraint(logits: torch.Tensor, prev: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ def _block_constraint(logits: torch.Tensor, prev: torch.Tensor, codebook: torch.
 
 
 @torch.no_grad()
-def greedy_generate(model: PixelLM, pixels: torch.Tensor, input_ids: torch.Tensor,
+def greedy_generate(model: LLMSegmenter, pixels: torch.Tensor, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor, *, max_new_tokens: int, eos_id: int, pad_id: int,
                     constrain_blocks: bool = True, chunk_blocks: bool = True) -> Generation:
     """Greedy decoding for a left-padded batch; CLIP and the prompt run once.
@@ -43,7 +43,7 @@ def greedy_generate(model: PixelLM, pixels: torch.Tensor, input_ids: torch.Tenso
             tokens in ONE forward step (they are determined), instead of L*N steps; other rows
             of that step feed their one token plus masked padding. Same tokens, fewer steps.
     Returns:
-        :class:`pixellm.model.Generation`.
+        :class:`pixellm.segmenter.Generation`.
     """
     feats, img_tok = model.encode_images(pixels)
     hidden, past = model.run_llm(model.embed(input_ids, img_tok), attention_mask, use_cache=True)
@@ -99,7 +99,7 @@ def _step_inputs(tok: torch.Tensor, live: torch.Tensor, block: torch.Tensor, cb:
     return feed, mask
 
 
-def _collect(model: PixelLM, feats, toks, probs, hid, eos_id: int) -> Generation:
+def _collect(model: LLMSegmenter, feats, toks, probs, hid, eos_id: int) -> Generation:
     """Cut at EOS, parse blocks, gather their hidden states and decode all masks in one pass."""
     b = feats[0].shape[0]
     d = model.base_llm.config.hidden_size

@@ -7,8 +7,6 @@ codebook block.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,26 +21,8 @@ from .codebook import (
 )
 from .decoder import DecoderOutput, PixelDecoder, iou_loss, mask_losses
 from .llm import ImageProjector
+from .segmenter import LLMSegmenter, PixelLMOutput
 from .vision import VisionTower
-
-
-@dataclass
-class PixelLMOutput:
-    """loss: scalar; parts: name -> detached scalar; text_logits (B, T, V);
-    mask_logits (K, h, w) at the decoder grid; batch_index (K,) image of each target.
-    terms: the weighted parts of ``loss`` (with graph), which sum to it: "text", "mask" and,
-    with a region head, "region"; counts: what each term averages over ("text": tokens,
-    "mask": masks, "region": covered patch weight), so a multi-process loop can renormalise.
-    iou: (K,) the decoder's predicted IoU of each mask, in [0, 1]; None without an IoU head."""
-
-    loss: torch.Tensor | None
-    parts: dict[str, torch.Tensor]
-    text_logits: torch.Tensor
-    mask_logits: torch.Tensor
-    batch_index: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    iou: torch.Tensor | None = None
 
 
 def answer_starts(labels: torch.Tensor) -> torch.Tensor:
@@ -71,28 +51,7 @@ def block_questions(labels: torch.Tensor, starts: list[list[int]]) -> torch.Tens
     return torch.tensor(ids, dtype=torch.long)
 
 
-@dataclass
-class Generation:
-    """Greedy decoding result for a batch.
-
-    tokens: per image, generated ids (without the prompt, up to and excluding EOS).
-    token_probs: per image, the probability of each generated token.
-    mask_logits: per image, (K_b, h, w) decoder logits, one per complete block in order.
-    block_starts: per image, position in ``tokens`` of each complete block.
-    malformed: per image, descriptions of dropped broken/truncated blocks.
-    iou: per image, (K_b,) the decoder's predicted IoU of each mask, in [0, 1]; None for a
-        model without an IoU head.
-    """
-
-    tokens: list[list[int]]
-    token_probs: list[list[float]]
-    mask_logits: list[torch.Tensor]
-    block_starts: list[list[int]]
-    malformed: list[list[str]] = field(default_factory=list)
-    iou: list[torch.Tensor] | None = None
-
-
-class PixelLM(nn.Module):
+class PixelLM(LLMSegmenter):
     """The assembled model.
 
     Args:
@@ -121,15 +80,12 @@ class PixelLM(nn.Module):
                  block_ce: str = "all", phrase_head: PhraseHead | None = None,
                  phrase_weight: float = 0.0, region_head: RegionWordHead | None = None,
                  region_weight: float = 0.0, iou_weight: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(vision=vision, projector=projector, llm=llm,
+                         image_token_id=image_token_id, codebook_ids=codebook_ids)
         if block_ce not in ("first", "all"):
             raise ValueError(f"block_ce must be 'first' or 'all', got {block_ce!r}")
         self.block_ce = block_ce
-        self.vision, self.projector, self.llm = vision, projector, llm
         self.fusion, self.decoder = fusion, decoder
-        self.image_token_id = image_token_id
-        self.codebook_ids = list(codebook_ids)
-        self.register_buffer("_codebook", torch.tensor(self.codebook_ids), persistent=False)
         self.loss_cfg = dict(bce_weight=bce_weight, dice_weight=dice_weight, refine=refine,
                              refine_alpha=refine_alpha)
         self.ce_weight = ce_weight
@@ -138,37 +94,20 @@ class PixelLM(nn.Module):
         self.iou_weight = iou_weight
 
     # -- pieces --------------------------------------------------------------------------
-    @property
-    def base_llm(self) -> nn.Module:
-        """The transformers model under any peft wrapper (LoRA layers are injected in place)."""
-        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.projector.num_tokens
+    def trainable_components(self) -> dict[str, tuple[nn.Module, bool]]:
+        """name -> (module, must it train fully); the vision tower trains unless frozen."""
+        parts = {"vision": (self.vision, False), "projector": (self.projector, True),
+                 "llm": (self.llm, False), "fusion": (self.fusion, True),
+                 "decoder": (self.decoder, True)}
+        for name in ("phrase_head", "region_head"):  # training-only heads, when configured
+            if getattr(self, name) is not None:
+                parts[name] = (getattr(self, name), True)
+        return parts
 
     def encode_images(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """pixels (B, 3, S, S) -> (L feature maps (B, C, g, g), image tokens (B, P, D))."""
         feats = self.vision(pixels)
         return feats, self.projector(feats[0])
-
-    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (B, T, D) with the P ``<image>`` positions of each row replaced."""
-        emb = self.base_llm.get_input_embeddings()(input_ids)
-        is_img = input_ids == self.image_token_id  # (B, T)
-        if is_img.any():
-            counts = is_img.sum(1)
-            if not bool((counts == image_tokens.shape[1]).all()):
-                raise ValueError(f"each row needs {image_tokens.shape[1]} <image> tokens, got {counts.tolist()}")
-            emb = emb.masked_scatter(is_img[..., None], image_tokens.to(emb.dtype))
-        return emb
-
-    def run_llm(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kw) -> tuple[torch.Tensor, object]:
-        """Last-layer hidden states (B, T, D) and the KV cache; positions follow left padding."""
-        if "position_ids" not in kw:
-            kw["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.base_llm.model(inputs_embeds=embeds, attention_mask=attention_mask, **kw)
-        return out.last_hidden_state, getattr(out, "past_key_values", None)
 
     def decode_masks(self, feats: list[torch.Tensor], block_hidden: torch.Tensor,
                      batch_index: torch.Tensor) -> DecoderOutput:
@@ -249,8 +188,7 @@ class PixelLM(nn.Module):
         """Text CE, mask losses and, with an IoU head, the IoU-prediction loss (in the mask
         term); ``gt`` (K, S, S) holds the masks of the K blocks in order and ``questions`` (K,)
         the question of each (the refinement loss compares within one)."""
-        ce = F.cross_entropy(text_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                             ignore_index=-100)
+        ce = self.text_loss(text_logits, labels)
         logits = dec.logits
         if gt.shape[0] == 0:
             gt = logits.new_zeros(logits.shape)
@@ -262,25 +200,3 @@ class PixelLM(nn.Module):
             m["mask"] = m["mask"] + self.iou_weight * m["iou"]
         parts = {"ce": ce.detach(), **{k: v.detach() for k, v in m.items() if k != "mask"}}
         return {"text": self.ce_weight * ce, "mask": m["mask"]}, parts
-
-    # -- inference -----------------------------------------------------------------------
-    def generate(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 **kw) -> Generation:
-        """Greedy KV-cached decoding; see :func:`pixellm.generation.greedy_generate`."""
-        from .generation import greedy_generate
-
-        return greedy_generate(self, pixels, input_ids, attention_mask, **kw)
-
-    # -- persistence ---------------------------------------------------------------------
-    def save_pretrained(self, directory) -> None:
-        """Write config, safetensors weights and tokenizer; see :mod:`pixellm.checkpoint`."""
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory, *, device=None, dtype=None) -> PixelLM:
-        """Load a directory written by :meth:`save_pretrained` (strict)."""
-        from .checkpoint import from_pretrained
-
-        return from_pretrained(directory, device=device, dtype=dtype)

@@ -13,9 +13,9 @@ from .data import left_pad
 from .decoder import postprocess_masks
 from .errors import InputError
 from .image_io import ImageLike, load_image, resize_longest_and_pad
-from .model import PixelLM
 from .muse.metrics import pair_stats
 from .prompting import PromptFormatter
+from .segmenter import LLMSegmenter
 
 
 @dataclass
@@ -135,10 +135,11 @@ DEFAULT_MIN_SCORE = 0.0
 
 
 class PixelLMPredictor:
-    """Runs a trained :class:`PixelLM` on raw images.
+    """Runs a trained model of the LLM-writes-a-block-per-target families (:class:`PixelLM`,
+    LISA) on raw images; :func:`pixellm.load_predictor` picks the checkpoint's family's class.
 
     Args:
-        model: a built model with ``.config`` and ``.tokenizer``.
+        model: a built :class:`~pixellm.segmenter.LLMSegmenter` with ``.config`` and ``.tokenizer``.
         max_new_tokens: generation budget; None uses what the context leaves after the prompt.
         constrain_blocks: once the LLM starts a codebook block, force its remaining tokens
             (blocks can then only be cut by the token budget). A model trained with
@@ -154,7 +155,7 @@ class PixelLMPredictor:
             the score is a probability of a hit, and 0 without one.
     """
 
-    def __init__(self, model: PixelLM, *, max_new_tokens: int | None = None,
+    def __init__(self, model: LLMSegmenter, *, max_new_tokens: int | None = None,
                  constrain_blocks: bool = True, duplicate_iou: float | None = 0.5,
                  calibration: ScoreCalibration | None = None, min_score: float = 0.0) -> None:
         if duplicate_iou is not None and not 0.0 < duplicate_iou <= 1.0:
@@ -182,7 +183,7 @@ class PixelLMPredictor:
         calibration when it has one (``calibration=`` in ``kw`` overrides it)."""
         kw.setdefault("calibration", ScoreCalibration.load(directory))
         kw.setdefault("min_score", DEFAULT_MIN_SCORE if kw["calibration"] is not None else 0.0)
-        return cls(PixelLM.from_pretrained(directory, device=device, dtype=dtype), **kw)
+        return cls(LLMSegmenter.from_pretrained(directory, device=device, dtype=dtype), **kw)
 
     @property
     def device(self) -> torch.device:
@@ -211,7 +212,7 @@ class PixelLMPredictor:
         pre, prompts = [], []
         for i, (img, q) in enumerate(zip(images, questions)):
             try:
-                pre.append(resize_longest_and_pad(load_image(img), size=self.cfg.vision.image_size,
+                pre.append(resize_longest_and_pad(load_image(img), size=self.model.input_size,
                                                   mean=self.cfg.vision.mean, std=self.cfg.vision.std))
                 prompts.append(self.formatter.prompt_ids(q, reserve=max(budget, 1)))
             except InputError as e:
@@ -233,7 +234,7 @@ class PixelLMPredictor:
     def _prediction(self, gen, i: int, pre) -> Prediction:
         block = len(self.model.codebook_ids)
         answer, phrases = self.formatter.split_answer(gen.tokens[i], gen.block_starts[i], block)
-        s = self.cfg.vision.image_size
+        s = self.model.input_size
         logits = postprocess_masks(gen.mask_logits[i].float(), padded_size=(s, s),
                                    valid_size=pre.valid_size, original_size=pre.original_size)
         probs, fg_masks = logits.sigmoid(), logits > 0

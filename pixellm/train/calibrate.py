@@ -39,14 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..errors import CheckpointError, InputError
     from ..evaluate import evaluate_generation
-    from ..predictor import PixelLMPredictor
+    from ..families import load_predictor
     from .mixture import load_source
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         samples = load_source("shapes", root=str(args.data), split=args.split)
-        predictor = PixelLMPredictor.from_pretrained(args.checkpoint, calibration=None)
+        predictor = load_predictor(args.checkpoint, calibration=None)
     except (InputError, CheckpointError) as e:
         print(f"pixellm-calibrate: error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from ..build import build_model
 from ..config import PixelLMConfig, add_model_config, get_model_config
 from ..data import ConversationDataset, collate, pack_turns
 from ..errors import TrainingDivergedError
+from ..families import family_of
 from ..llm import load_tokenizer, train_word_tokenizer
 from ..model import answer_starts
 from ..prompting import PromptFormatter
@@ -31,8 +32,9 @@ from .warmup import ObjectWordDataset, warm_up_vision
 _clock = time.perf_counter  # what the throughput figures and --time-budget read (tests replace it)
 
 
-def model_config(args) -> PixelLMConfig:
-    """The config named by --model (or a JSON path) with the ablation overrides applied."""
+def model_config(args):
+    """The config (of any family) named by --model (or a JSON path) with the ablation
+    overrides applied (PixelLM's; another family's config rejects them with a ConfigError)."""
     name = add_model_config(args.model) if args.model.endswith(".json") else args.model
     over = {}
     loss = {**({"refine": False} if args.no_refine else {}),
@@ -85,8 +87,11 @@ def train(args) -> dict:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(args.seed)
     cfg = model_config(args)
+    family = family_of(cfg)
     sources = _sources(args)
     tok = _tokenizer(cfg, sources, run_dir, accelerator)
+    if family.adapt_samples is not None:  # e.g. LISA's merged variant: one target per question
+        sources = {n: family.adapt_samples(cfg, s) for n, s in sources.items()}
     torch.manual_seed(args.seed)
     model = build_model(cfg, tokenizer=tok, dtype=None)
     counts = select_trainable(model, verbose=accelerator.is_main_process)
@@ -99,7 +104,7 @@ def train(args) -> dict:
     warm = [] if ckpts else _vision_warmup(args, accelerator, model, samples, tok, run_dir)
     warm_secs = warm[-1]["seconds"] if warm else 0.0
     groups, sizes = _conversations(sources, fmt, turns=args.turns, seed=args.seed)
-    dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=cfg.vision.image_size,
+    dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=model.input_size,
                                   mean=cfg.vision.mean, std=cfg.vision.std)
     accelerator.print(f"{len(samples)} questions in {len(groups)} conversations (up to {args.turns} turns)")
     opt = adamw(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult,

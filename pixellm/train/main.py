@@ -22,13 +22,13 @@ def _table(name: str, m: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train per the command line; evaluate on --eval-split with generated answers."""
     args = build_parser().parse_args(argv)
-    from ..errors import InputError
+    from ..errors import ConfigError, InputError
     from .loop import TrainingDivergedError, train
 
     t0 = time.perf_counter()
     try:
         result = train(args)
-    except (InputError, TrainingDivergedError) as e:
+    except (ConfigError, InputError, TrainingDivergedError) as e:
         print(f"pixellm-train: error: {e}", file=sys.stderr)
         return 2
     acc = result["accelerator"]
@@ -36,11 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.eval_split or not acc.is_main_process:
         return 0
     from ..evaluate import evaluate_generation
-    from ..predictor import PixelLMPredictor
+    from ..families import load_predictor
     from .mixture import load_source
 
     samples = load_source("shapes", root=args.shapes_root, split=args.eval_split)
-    pred = PixelLMPredictor.from_pretrained(result["final"])
+    pred = load_predictor(result["final"])
     m = evaluate_generation(pred, samples, limit=args.eval_limit, progress=not args.no_progress)
     from .calibrate import fit_and_save
 

@@ -10,17 +10,18 @@ from collections.abc import Iterable
 
 import torch
 
-from .trainable import AUX_HEADS
-
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs (for floating-point params)
 
 
 def param_groups(model, *, lr: float, head_lr_mult: float = 1.0, vision_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW groups: the mask head (codebook fusion, pixel decoder, phrase and region heads) at
-    ``lr * head_lr_mult``, the vision tower at ``lr * vision_lr_mult``, every other trainable
-    parameter (projector, LLM) at ``lr``; frozen ones are left out."""
-    head_modules = (model.fusion, model.decoder, *(getattr(model, h, None) for h in AUX_HEADS))
-    head = {id(p) for m in head_modules if m is not None for p in m.parameters()}
+    """AdamW groups: the mask head (the components the family trains fully, less the image
+    projector: PixelLM's codebook fusion, pixel decoder, phrase and region heads; LISA's
+    ``text_hidden_fcs`` and SAM decoder) at ``lr * head_lr_mult``, the vision tower at
+    ``lr * vision_lr_mult``, every other trainable parameter (projector, LLM, a trained SAM
+    encoder) at ``lr``; frozen ones are left out."""
+    head_modules = [m for name, (m, full) in model.trainable_components().items()
+                    if full and name != "projector"]
+    head = {id(p) for m in head_modules for p in m.parameters()}
     vision = {id(p) for p in model.vision.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in head and id(p) not in vision], "lr": lr},

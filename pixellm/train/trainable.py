@@ -1,19 +1,16 @@
-"""Which parameters train, printed and checked."""
+"""Which parameters train, printed and checked (any family, through its
+``trainable_components()``)."""
 from __future__ import annotations
 
 from torch import nn
 
-COMPONENTS = ("vision", "projector", "llm", "fusion", "decoder")
-AUX_HEADS = ("phrase_head", "region_head")  # training-only heads, present when configured
-
 
 def trainable_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """component -> (trainable params, total params); 'lora' counts adapter weights (inside
-    'llm'); 'phrase_head' / 'region_head' appear when the model has them."""
+    """component -> (trainable params, total params), in the family's component order; 'lora'
+    counts adapter weights (inside 'llm')."""
     out = {}
-    heads = tuple(h for h in AUX_HEADS if getattr(model, h, None) is not None)
-    for name in COMPONENTS + heads:
-        ps = list(getattr(model, name).parameters())
+    for name, (module, _) in model.trainable_components().items():
+        ps = list(module.parameters())
         out[name] = (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
     lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
     out["lora"] = (sum(p.numel() for p in lora if p.requires_grad), sum(p.numel() for p in lora))
@@ -23,19 +20,20 @@ def trainable_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
 def select_trainable(model: nn.Module, *, verbose: bool = True) -> dict[str, tuple[int, int]]:
     """Check the trainable selection implied by the config and print it.
 
-    Asserts: a frozen vision tower has no trainable weight; projector, fusion and decoder
-    train fully; with LoRA, adapters train and the base LLM's other weights (except the
-    embeddings / LM head) are frozen.
+    Asserts: a frozen vision tower has no trainable weight; the components the family marks
+    as trained fully (projector, mask head...) are; a component with a ``frozen`` flag set
+    (e.g. LISA's SAM image encoder at real scale) has no trainable weight; with LoRA, adapters
+    train and the base LLM's other weights (except the embeddings / LM head) are frozen.
 
     Returns:
         :func:`trainable_counts`.
     """
     cfg = model.config
     counts = trainable_counts(model)
-    if cfg.vision.freeze and counts["vision"][0]:
-        raise AssertionError(f"vision tower is configured frozen but has {counts['vision'][0]} trainable params")
-    for name in ("projector", "fusion", "decoder") + AUX_HEADS:
-        if name in counts and counts[name][0] != counts[name][1]:
+    for name, (module, full) in model.trainable_components().items():
+        if getattr(module, "frozen", False) and counts[name][0]:
+            raise AssertionError(f"{name} is configured frozen but has {counts[name][0]} trainable params")
+        if full and counts[name][0] != counts[name][1]:
             raise AssertionError(f"{name} must train fully: {counts[name]}")
     if cfg.llm.lora is not None:
         if not counts["lora"][0]:

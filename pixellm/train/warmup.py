@@ -112,7 +112,7 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
         InputError: the model has no region head or a frozen vision tower, or the dataset is
             empty. TrainingDivergedError: a non-finite loss.
     """
-    if model.region_head is None:
+    if getattr(model, "region_head", None) is None:
         raise InputError("the vision warm-up trains the region-words head: this model has none "
                          "(set --region-weight > 0, or --vision-warmup 0)")
     params = [p for m in (model.vision, model.region_head) for p in m.parameters() if p.requires_grad]

@@ -1,0 +1,133 @@
+"""Builders: a :class:`~pixellm.lisa.config.LisaConfig` (or its name) -> an assembled
+:class:`~pixellm.lisa.model.Lisa`, and the family's registry entry."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase, SamConfig, SamModel
+
+from pixellm.codebook import add_special_tokens
+from pixellm.config import get_model_config
+from pixellm.errors import ConfigError
+from pixellm.families import Family
+from pixellm.llm import IMAGE_TOKEN, ImageProjector, apply_lora, build_causal_lm, load_tokenizer
+from pixellm.muse.records import merge_targets
+from pixellm.vision import VisionTower, create_open_clip_visual
+
+from .config import SEG_TOKEN, LisaConfig
+from .model import Lisa
+
+
+def build_sam(spec, *, load_weights: bool = True, dtype: torch.dtype | None = None) -> SamModel:
+    """``transformers.SamModel`` from a :class:`~pixellm.lisa.config.SamSpec`: real weights from
+    ``spec.name_or_path`` (a ``SamModel.save_pretrained`` directory) when ``load_weights``,
+    else random ones of ``spec.config`` (or of the directory's config)."""
+    if spec.name_or_path is not None and load_weights:
+        return SamModel.from_pretrained(spec.name_or_path, dtype=dtype)
+    cfg = SamConfig(**spec.config) if spec.config is not None else SamConfig.from_pretrained(spec.name_or_path)
+    if cfg.vision_config.image_size != spec.image_size:
+        raise ConfigError(f"sam.image_size {spec.image_size} differs from its SamConfig's "
+                          f"{cfg.vision_config.image_size}")
+    sam = SamModel(cfg)
+    return sam.to(dtype) if dtype is not None else sam
+
+
+def _llm(cfg: LisaConfig, tokenizer, load_weights: bool, dtype) -> tuple[nn.Module, int, int]:
+    """(causal LM with [SEG] (and <image>) in its vocabulary, image id, [SEG] id)."""
+    c = cfg.llm
+    if c.name_or_path is not None and load_weights:
+        llm = build_causal_lm(name_or_path=c.name_or_path, config=None, torch_dtype=dtype)
+    elif c.config is not None:
+        llm = build_causal_lm(name_or_path=None, config=c.config, torch_dtype=dtype)
+    else:
+        raise ConfigError(f"{cfg.name}: building without weights needs llm.config")
+    if tokenizer is None:  # meta / FLOP builds: ids follow the base vocabulary
+        base = llm.config.vocab_size
+        image_id, seg_id, vocab = base, base + 1, base + 2
+    else:
+        seg_id = add_special_tokens(tokenizer, [SEG_TOKEN])[0]
+        image_id, vocab = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), len(tokenizer)
+    if vocab != llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(vocab, mean_resizing=False)
+    if c.lora is not None:
+        llm = apply_lora(llm, r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
+                         target_modules=c.lora.target_modules)
+    if c.train_embeddings:  # the new [SEG] row must learn (LISA trains embeddings and head)
+        base_llm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+        base_llm.get_input_embeddings().weight.requires_grad_(True)
+        base_llm.get_output_embeddings().weight.requires_grad_(True)
+    return llm, image_id, seg_id
+
+
+def build_lisa(config: LisaConfig | str, *, tokenizer: PreTrainedTokenizerBase | None = None,
+               load_weights: bool = True, dtype: torch.dtype | None = None) -> Lisa:
+    """Assemble LISA from its config.
+
+    Args:
+        config: a :class:`LisaConfig` or a registered name (``lisa-tiny``, ``lisa-7b``...).
+        tokenizer: the LLM tokenizer; ``[SEG]`` is added to it. None: ``llm.tokenizer`` /
+            ``llm.name_or_path`` when loading weights, else ids appended after the base
+            vocabulary (enough for meta-device FLOP counting).
+        load_weights: load the pretrained CLIP, LLM and SAM named in the config; False gives
+            random weights (wrap in ``with torch.device("meta"):`` to build without memory).
+        dtype: parameter dtype; None keeps float32.
+    Returns:
+        :class:`Lisa` with ``.config`` and ``.tokenizer`` attached.
+    """
+    cfg = get_model_config(config) if isinstance(config, str) else config.validate()
+    if tokenizer is None and (cfg.llm.tokenizer or cfg.llm.name_or_path) and load_weights:
+        tokenizer = load_tokenizer(cfg.llm.tokenizer or cfg.llm.name_or_path)
+    v = cfg.vision
+    visual = create_open_clip_visual(model_name=v.model_name, image_size=v.image_size,
+                                     pretrained=v.pretrained if load_weights else None,
+                                     open_clip_config=v.open_clip_config)
+    vision = VisionTower(visual=visual, layers=v.layers, freeze=v.freeze)
+    llm, image_id, seg_id = _llm(cfg, tokenizer, load_weights, dtype)
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    d = base.config.hidden_size
+    sam = build_sam(cfg.sam, load_weights=load_weights, dtype=dtype)
+    prompt_width = sam.config.prompt_encoder_config.hidden_size
+    model = Lisa(
+        vision=vision, projector=ImageProjector(in_dim=vision.width, out_dim=d, pool=cfg.image_pool),
+        llm=llm,
+        # LISA's text_hidden_fcs: Linear d->d, ReLU, Linear d->prompt width
+        seg_projection=nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, prompt_width)),
+        sam=sam, image_token_id=image_id, seg_token_id=seg_id, clip_size=v.image_size,
+        freeze_sam_encoder=cfg.sam.freeze_encoder,
+        sam_norm=None if cfg.sam.mean is None else (cfg.sam.mean, cfg.sam.std),
+        clip_norm=(v.mean, v.std), ce_weight=cfg.loss.ce_weight, bce_weight=cfg.loss.bce_weight,
+        dice_weight=cfg.loss.dice_weight, iou_weight=cfg.loss.iou_weight)
+    if dtype is not None:
+        model.to(dtype)
+    model.config, model.tokenizer = cfg, tokenizer
+    return model
+
+
+class MergedTargets(Sequence):
+    """A lazy view of samples with each question's targets merged into one (original LISA)."""
+
+    def __init__(self, samples: Sequence) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return merge_targets(self.samples[i])
+
+
+def adapt_samples(cfg: LisaConfig, samples: Sequence) -> Sequence:
+    """What a LISA variant trains on: ``samples`` as they are, or merged (``merge_targets``)."""
+    return MergedTargets(samples) if cfg.merge_targets else samples
+
+
+def _family() -> Family:
+    from .predictor import LisaPredictor
+
+    return Family(name="lisa", config_class=LisaConfig, build=build_lisa,
+                  predictor_class=LisaPredictor, adapt_samples=adapt_samples)
+
+
+FAMILY = _family()

@@ -1,0 +1,109 @@
+"""Model families: a registry from a config's ``family`` name to what builds, loads and predicts.
+
+Every config JSON names its family (``"family": "pixellm"``; a config without the key is a
+PixelLM one, as written before families existed). The shared harness (training loop,
+checkpoints, bench, flops, :func:`pixellm.load_predictor`) reaches a family only through its
+:class:`Family` entry and the model interface below, so a new family is a package with a
+config class and a builder, registered here, plus its JSON configs in
+``pixellm/model_configs/`` (one folder for every family, as open_clip keeps one).
+
+The model interface (what :class:`pixellm.segmenter.LLMSegmenter` subclasses provide):
+
+- ``config``, ``tokenizer``; ``codebook_ids`` (the token ids of one target's block, in order:
+  PixelLM's L*N codebook tokens, LISA's one ``[SEG]``); ``input_size`` (the padded square side
+  the data pipeline feeds it);
+- ``forward(pixels, input_ids, attention_mask, labels, gt_masks)`` -> an output with ``loss``,
+  ``parts``, ``terms``, ``counts``, ``mask_logits`` and ``iou``;
+- ``encode_images`` / ``decode_masks`` (what greedy generation calls), ``generate``;
+- ``trainable_components()`` (name -> (module, must it train fully)) and
+  ``checkpoint_config()`` (the config dict that rebuilds it without downloads).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_FAMILY = "pixellm"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the harness needs to know about one model family.
+
+    Attributes:
+        name: the ``family`` value of its configs.
+        config_class: dataclass with ``from_dict(d)``, ``validate()``, ``to_dict()``, ``name``,
+            ``block_len`` (tokens per target block) and ``input_size``.
+        build: ``build(config, *, tokenizer=None, load_weights=True, dtype=None)`` -> model.
+        predictor_class: has ``from_pretrained(directory, *, device=None, dtype=None, **kw)``.
+        adapt_samples: ``(config, samples) -> samples`` the family trains on (e.g. LISA's
+            merged variant joins all targets of a question into one); None: unchanged.
+    """
+
+    name: str
+    config_class: type
+    build: Callable[..., Any]
+    predictor_class: type
+    adapt_samples: Callable[[Any, Sequence], Sequence] | None = None
+
+
+# family name -> module defining FAMILY (imported on first use: no family loads another)
+_BUILTIN = {"pixellm": "pixellm.build", "lisa": "pixellm.lisa.build"}
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> None:
+    """Register (or replace) a family under ``family.name``."""
+    _FAMILIES[family.name] = family
+
+
+def family_names() -> list[str]:
+    """Names of the known families, sorted."""
+    return sorted(set(_BUILTIN) | set(_FAMILIES))
+
+
+def get_family(name: str) -> Family:
+    """The :class:`Family` called ``name``; raises :class:`ConfigError` for an unknown one."""
+    if name not in _FAMILIES and name in _BUILTIN:
+        register_family(import_module(_BUILTIN[name]).FAMILY)
+    if name not in _FAMILIES:
+        raise ConfigError(f"unknown model family {name!r}; known: {', '.join(family_names())}")
+    return _FAMILIES[name]
+
+
+def family_of(config: dict[str, Any] | Any) -> Family:
+    """The family of a config dict or config object (no ``family``: PixelLM)."""
+    name = config.get("family", DEFAULT_FAMILY) if isinstance(config, dict) else getattr(
+        config, "family", DEFAULT_FAMILY)
+    return get_family(name)
+
+
+def config_from_dict(d: dict[str, Any]) -> Any:
+    """Parse a config dict with its family's config class (validated)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
+    return family_of(d).config_class.from_dict(d).validate()
+
+
+def load_predictor(directory, *, device=None, dtype=None, **kw) -> Any:
+    """The one entry point: load a checkpoint of any family as that family's predictor.
+
+    Args:
+        directory: a checkpoint directory (``save_pretrained`` / ``pixellm-train``'s ``final``).
+        device, dtype: where and in what dtype to put the model (None: CPU, float32).
+        **kw: the predictor's options (e.g. ``min_score``, ``max_new_tokens``).
+    Returns:
+        e.g. :class:`pixellm.PixelLMPredictor` or :class:`pixellm.lisa.LisaPredictor`; every
+        one answers ``predict(image, question)`` / ``predict_batch`` with
+        :class:`pixellm.Prediction` holding one :class:`pixellm.Target` per target.
+    Raises:
+        CheckpointError: missing or incomplete directory, unknown family, bad weights.
+    """
+    from .checkpoint import check_checkpoint_dir, read_config
+
+    _, family = read_config(check_checkpoint_dir(directory))
+    return family.predictor_class.from_pretrained(directory, device=device, dtype=dtype, **kw)
