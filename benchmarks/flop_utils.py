@@ -3,8 +3,8 @@
 The report runs the same *stages* of a query (vision, LLM prefill, LLM decode, target
 projection, mask encoder, mask decoder) for every pipeline, once under
 ``torch.utils.flop_counter.FlopCounterMode`` on the meta device and once under a wall clock.
-A pipeline is anything with the :class:`Pipeline` surface; PixelLM is adapted by
-:class:`PixelLMPipeline`, the LISA-style reference implements it directly.
+A pipeline is anything with the :class:`Pipeline` surface;
+:class:`PixelLMPipeline` and :class:`LisaPipeline` adapt the two families to it.
 """
 from __future__ import annotations
 
@@ -101,17 +101,22 @@ class QueryBudget:
     def prompt_tokens(self, image_tokens: int) -> int:
         return self.template_before + image_tokens + self.question + self.template_after
 
-    def answer_tokens(self, k: int, block_len: int) -> int:
-        return k * (self.phrase + block_len + self.separator) + 1
+    def answer_tokens(self, k: int, block_len: int, *, merged: bool = False) -> int:
+        """T; ``merged``: one block after all K phrases (original LISA's single [SEG])."""
+        blocks = min(k, 1) if merged else k
+        return k * (self.phrase + self.separator) + blocks * block_len + 1
 
-    def decode_schedule(self, k: int, block_len: int) -> list[int]:
+    def decode_schedule(self, k: int, block_len: int, *, merged: bool = False) -> list[int]:
         """Tokens fed per KV-cached decode step (EOS is never fed back).
 
         A started codebook block is fed in one step (pixellm.generation feeds its forced
         tokens together), so each target costs phrase + 1 + separator steps; sums to T - 1.
+        ``merged``: only the last target's phrase is followed by a block.
         """
         per_target = [1] * self.phrase + [block_len] + [1] * self.separator
-        return per_target * k
+        if not merged or k == 0:
+            return per_target * k
+        return ([1] * (self.phrase + self.separator)) * (k - 1) + per_target
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -124,6 +129,7 @@ class Pipeline(Protocol):
     block_len: int  # answer tokens that carry one target
     image_size: int  # CLIP input side S
     mask_image_size: int | None  # separate mask-encoder input side (SAM 1024); None: none
+    merged: bool  # one mask for all K targets (original LISA), not one per target
     causal_lm: nn.Module  # transformers *ForCausalLM (decoder stack .model, .lm_head)
 
     def encode_image(self, pixels: Tensor) -> tuple[list[Tensor], Tensor]:
@@ -142,7 +148,7 @@ class Pipeline(Protocol):
 class PixelLMPipeline:
     """:class:`pixellm.model.PixelLM` seen through the :class:`Pipeline` surface."""
 
-    mask_image_size = None
+    mask_image_size, merged = None, False
 
     def __init__(self, model: nn.Module, *, name: str) -> None:
         self.model, self.name = model, name
@@ -162,6 +168,34 @@ class PixelLMPipeline:
     def decode_masks(self, feats: list[Tensor], targets: Tensor) -> Tensor:
         index = torch.zeros(targets.shape[0], dtype=torch.long, device=targets.device)
         return self.model.decoder(feats, targets, index).logits  # (K, h, w)
+
+
+class LisaPipeline:
+    """:class:`pixellm.lisa.Lisa` seen through the :class:`Pipeline` surface: CLIP at its own
+    side for the LLM, SAM's image encoder at SAM's side for the masks."""
+
+    block_len = 1  # one [SEG] per target (one in all, merged)
+
+    def __init__(self, model: nn.Module, *, name: str, merged: bool | None = None) -> None:
+        self.model, self.name = model, name
+        self.merged = model.config.merge_targets if merged is None else merged
+        self.image_size, self.mask_image_size = model.clip_size, model.input_size
+        self.causal_lm = model.base_llm
+
+    def encode_image(self, pixels: Tensor) -> tuple[list[Tensor], Tensor]:
+        """(1, 3, S, S) at CLIP's side -> ([], image tokens (1, P, D))."""
+        return [], self.model.projector(self.model.vision(pixels)[0])
+
+    def encode_mask_image(self, pixels: Tensor) -> list[Tensor]:
+        """(1, 3, S', S') at SAM's side -> [SAM image embedding (1, C, g, g)]."""
+        return [self.model.sam.vision_encoder(pixels).last_hidden_state]
+
+    def project_targets(self, hidden: Tensor) -> Tensor:
+        return self.model.seg_projection(hidden[:, 0])  # (K, C): text_hidden_fcs
+
+    def decode_masks(self, feats: list[Tensor], targets: Tensor) -> Tensor:
+        index = torch.zeros(targets.shape[0], dtype=torch.long, device=targets.device)
+        return self.model.sam_decode(feats, targets, index).logits  # (K, 4g, 4g): K decoder runs
 
 
 def prompt_embeds(lm: nn.Module, image_tokens: Tensor, budget: QueryBudget) -> Tensor:
@@ -265,9 +299,11 @@ def time_query(pipe: Pipeline, budget: QueryBudget, k: int, *, device: torch.dev
     ms = dict(vision=median_ms(lambda: pipe.encode_image(pixels), **timed))
     embeds = prompt_embeds(lm, image_tokens, budget)
     ms["llm_prefill"] = median_ms(lambda: prefill(lm, embeds), **timed)
-    steps = budget.answer_tokens(k, pipe.block_len) - 1
-    ms["llm_decode"] = decode_ms(lm, embeds, budget.decode_schedule(k, pipe.block_len), **timed)
-    hidden = torch.randn(k, pipe.block_len, lm.config.hidden_size, device=device, dtype=dtype)
+    steps = budget.answer_tokens(k, pipe.block_len, merged=pipe.merged) - 1
+    schedule = budget.decode_schedule(k, pipe.block_len, merged=pipe.merged)
+    ms["llm_decode"] = decode_ms(lm, embeds, schedule, **timed)
+    masks = min(k, 1) if pipe.merged else k
+    hidden = torch.randn(masks, pipe.block_len, lm.config.hidden_size, device=device, dtype=dtype)
     targets = pipe.project_targets(hidden)
     ms["target_proj"] = median_ms(lambda: pipe.project_targets(hidden), **timed)
     ms["mask_encoder"] = 0.0

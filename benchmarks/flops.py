@@ -1,4 +1,4 @@
-"""Compute per query, PixelLM vs a LISA-style SAM pipeline: FLOPs, latency and peak memory.
+"""Compute per query, PixelLM vs LISA (the ``lisa-*`` configs): FLOPs, latency and peak memory.
 
 FLOPs: every stage of one query (1 image, K targets, the answer the template needs; see
 :class:`~pixellm.benchmarks.flop_utils.QueryBudget`) runs on the **meta** device under
@@ -27,13 +27,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, SamModel
 
 from pixellm.build import build_model
 from pixellm.config import get_model_config
+from pixellm.lisa import build_sam
 from pixellm.llm import build_causal_lm
+from pixellm.vision import create_open_clip_visual
 
 from .flop_utils import (
+    LisaPipeline,
     Pipeline,
     PixelLMPipeline,
     QueryBudget,
@@ -46,7 +49,6 @@ from .flop_utils import (
     prompt_embeds,
     time_query,
 )
-from .lisa_reference import build_lisa_like, build_sam, clip_visual
 
 COMPONENTS = ("vision", "llm_prefill", "llm_decode", "target_proj", "mask_encoder", "mask_decoder")
 # Independent measurements (shared/DESIGN.md section 6), FLOPs with multiply-add = 2.
@@ -59,20 +61,32 @@ PIPELINES = ("pixellm", "lisa")
 
 
 def build_pipeline(kind: str, size: str, *, device: str | torch.device = "meta",
-                   dtype: torch.dtype | None = None, sam_weights: str | None = None) -> Pipeline:
-    """``kind`` ("pixellm" or its LISA-style twin "lisa") of ``pixellm-<size>``, inference mode.
+                   dtype: torch.dtype | None = None, sam_weights: str | None = None,
+                   merged: bool | None = None) -> Pipeline:
+    """The ``<kind>-<size>`` model config (kind "pixellm" or "lisa") as a pipeline; see
+    :func:`config_pipeline`."""
+    return config_pipeline(f"{kind}-{size}", device=device, dtype=dtype, sam_weights=sam_weights,
+                           merged=merged)
 
-    Random weights (real SAM weights from ``sam_weights`` for "lisa"); "meta" needs no memory.
-    """
-    cfg = get_model_config(f"pixellm-{size}")
+
+def config_pipeline(name: str, *, device: str | torch.device = "meta",
+                    dtype: torch.dtype | None = None, sam_weights: str | None = None,
+                    merged: bool | None = None) -> Pipeline:
+    """A registered model config as a pipeline in inference mode, random weights ("meta" needs
+    no memory); a LISA one takes real SAM weights from a ``SamModel.save_pretrained``
+    directory ``sam_weights``, and ``merged`` (None: the config's) counts one mask per answer."""
+    cfg = get_model_config(name)
     with build_on(device):
-        if kind == "pixellm":
-            model = build_model(cfg, load_weights=False, dtype=dtype)
-        else:
-            model = build_lisa_like(cfg, dtype=dtype, sam_weights=sam_weights)
+        model = build_model(cfg, load_weights=False, dtype=dtype)
+        if cfg.family == "lisa" and sam_weights is not None:
+            real = SamModel.from_pretrained(sam_weights, dtype=dtype)
+            model.sam.load_state_dict(real.state_dict(), strict=True)
     # requires_grad off: FlopCounterMode's module tracker trips on grad-less views of params
     model.eval().requires_grad_(False)
-    return PixelLMPipeline(model, name=cfg.name) if kind == "pixellm" else model
+    if cfg.family == "lisa":
+        suffix = "-merged" if merged and not cfg.merge_targets else ""
+        return LisaPipeline(model, name=cfg.name + suffix, merged=merged)
+    return PixelLMPipeline(model, name=cfg.name)
 
 
 # -- FLOPs ----------------------------------------------------------------------------------
@@ -108,8 +122,9 @@ def count_query(pipe: Pipeline, budget: QueryBudget, ks: list[int]) -> list[dict
             feats, f_mask_enc = count_flops(lambda: pipe.encode_mask_image(mask_pixels))
         rows = []
         for k in ks:
-            t = budget.answer_tokens(k, pipe.block_len)
-            hidden = torch.empty(k, pipe.block_len, lm.config.hidden_size)
+            t = budget.answer_tokens(k, pipe.block_len, merged=pipe.merged)
+            masks = min(k, 1) if pipe.merged else k
+            hidden = torch.empty(masks, pipe.block_len, lm.config.hidden_size)
             targets, f_proj = count_flops(partial(pipe.project_targets, hidden))
             _, f_dec = count_flops(partial(pipe.decode_masks, feats, targets))
             flops = dict(vision=f_vision, llm_prefill=f_prefill,
@@ -123,7 +138,7 @@ def count_query(pipe: Pipeline, budget: QueryBudget, ks: list[int]) -> list[dict
 
 def flop_matrix(sizes: list[str], ks: list[int], budget: QueryBudget
                 ) -> tuple[list[dict], list[dict]]:
-    """(rows for both pipelines x sizes x K, ratio rows PixelLM / LISA per size and K)."""
+    """(rows for both families x sizes x K, ratio rows PixelLM / LISA per size and K)."""
     rows, ratios = [], []
     for size in sizes:
         pixellm, lisa = (count_query(build_pipeline(kind, size), budget, ks) for kind in PIPELINES)
@@ -137,8 +152,8 @@ def flop_matrix(sizes: list[str], ks: list[int], budget: QueryBudget
 def anchor_flops() -> dict[str, int]:
     """FLOPs of the DESIGN section 6 anchors, counted on meta (whole towers, as measured there)."""
     with build_on("meta"):
-        sam = build_sam().eval().requires_grad_(False)
-        clip = clip_visual("ViT-L-14-336", 336).eval()
+        sam = build_sam(get_model_config("lisa-7b").sam, load_weights=False).eval().requires_grad_(False)
+        clip = create_open_clip_visual(model_name="ViT-L-14-336", image_size=336).eval()
         llm_config = get_model_config("pixellm-7b").llm.config
         llama = build_causal_lm(name_or_path=None, config=llm_config).eval().requires_grad_(False)
         sam_pixels, clip_pixels = torch.empty(1, 3, 1024, 1024), torch.empty(1, 3, 336, 336)
@@ -215,10 +230,10 @@ def to_markdown(report: dict) -> str:
               for r in report["ratios"]]
     anchors = [[a["anchor"], _tf(a["counted"]), _tf(a["reference"]), f"{a['deviation']:+.2%}"]
                for a in report["anchors"]]
-    lines = ["# Compute per query: PixelLM vs LISA-style (SAM ViT-H)", "", _budget_note(report), "",
+    lines = ["# Compute per query: PixelLM vs LISA (SAM ViT-H at real scale)", "", _budget_note(report), "",
              *_table(["pipeline", "K", "prompt", "block", "T", *COMPONENTS, "total"], flops), "",
-             "## PixelLM / LISA-style, TFLOPs per query", "",
-             *_table(["size", "K", "PixelLM", "LISA-style", "ratio"], ratios), "",
+             "## PixelLM / LISA, TFLOPs per query", "",
+             *_table(["size", "K", "PixelLM", "LISA", "ratio"], ratios), "",
              "## Anchors (shared/DESIGN.md section 6), TFLOPs", "",
              *_table(["anchor", "counted", "reference", "deviation"], anchors)]
     if report["latency"]:

@@ -24,7 +24,8 @@ from pixellm.benchmarks.flops import (
     latency,
     main,
 )
-from pixellm.benchmarks.lisa_reference import build_sam, sam_tiny_config
+from pixellm.config import get_model_config
+from pixellm.lisa import build_sam
 
 B, T, WIDTH, HEADS = 2, 16, 32, 4
 
@@ -109,7 +110,7 @@ def test_anchor_within_5_percent(anchors, name):
 
 def test_sam_decoder_cost_is_per_target():
     with build_on("meta"):
-        sam = build_sam().eval().requires_grad_(False)  # ViT-H sizes; only the decoder runs
+        sam = build_sam(get_model_config("lisa-7b").sam, load_weights=False).eval().requires_grad_(False)  # ViT-H
         emb = torch.empty(1, 256, 64, 64)
         pe = sam.get_image_wide_positional_embeddings()
         _, dense = sam.prompt_encoder(None, None, None, None)
@@ -121,14 +122,18 @@ def test_sam_decoder_cost_is_per_target():
     assert three == 3 * one > 0
 
 
-def test_sam_loader_takes_saved_weights(tmp_path):
+def test_lisa_pipeline_takes_saved_sam_weights(tmp_path):
+    """``pixellm-flops --sam-weights DIR`` times LISA with real SAM weights."""
     torch.manual_seed(0)
-    sam = build_sam(sam_tiny_config())
+    sam = build_sam(get_model_config("lisa-tiny").sam)
     sam.save_pretrained(tmp_path)
-    loaded = build_sam(weights=tmp_path)
-    assert loaded.config.vision_config.hidden_size == 128
+    pipe = build_pipeline("lisa", "tiny", device="cpu", sam_weights=str(tmp_path))
     for name, tensor in sam.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor), name
+        assert torch.equal(pipe.model.sam.state_dict()[name], tensor), name
+    feats = pipe.encode_mask_image(torch.zeros(1, 3, pipe.mask_image_size, pipe.mask_image_size))
+    logits = pipe.decode_masks(feats, pipe.project_targets(torch.zeros(2, 1, 128)))
+    g = pipe.mask_image_size // 16
+    assert logits.shape == (2, 4 * g, 4 * g) and torch.isfinite(logits).all()
 
 
 def test_cpu_latency_rows_are_complete():
