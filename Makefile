@@ -12,9 +12,10 @@ TRAIN_STEPS ?= 8000
 TRAIN_ARGS ?=
 BENCH_ARGS ?=
 FLOPS_ARGS ?=
+COMPARE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test lint style train bench bench-ablation flops clean
+.PHONY: help install data test lint style train bench bench-ablation compare flops clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-15s %s\n", $$1, $$2}'
@@ -49,6 +50,10 @@ bench: $(STAMP) ## Score the trained default model vs trivial baselines (and on 
 bench-ablation: $(STAMP) ## Also train + bench the ablation variants (5 more training runs, same seed and budget)
 	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }
 	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --threads $(JOBS) --ablation --train-args "$(TRAIN_ARGS)" $(BENCH_ARGS)
+
+compare: $(STAMP) ## Train what is missing (pixellm-tiny, lisa-tiny, lisa-tiny-merged; make train's budget each), bench all, report
+	$(BIN)/pixellm-data --out $(DATA) --if-stale
+	$(BIN)/pixellm-compare --data $(DATA) --runs $(dir $(RUN)) --steps $(TRAIN_STEPS) --time-budget $(TRAIN_BUDGET) --train-args "$(TRAIN_ARGS)" --threads $(JOBS) $(COMPARE_ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q

@@ -96,3 +96,21 @@ def micro_cfg(tmp_path_factory, micro_config):
     path = tmp_path_factory.mktemp("cfg") / "micro.json"
     path.write_text(json.dumps(micro_config))
     return path
+
+
+@pytest.fixture(scope="session")
+def micro_lisa_cfg(tmp_path_factory, micro_config):
+    """A micro LISA as a JSON file: the micro PixelLM's towers (32 px CLIP, 2-layer LLM) and a
+    128 px SAM of width 16."""
+    cfg = {k: copy.deepcopy(micro_config[k]) for k in ("vision", "llm", "image_pool")}
+    cfg["vision"]["layers"] = [1]
+    sam = {"vision_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 1, "mlp_dim": 32,
+                             "global_attn_indexes": [1], "window_size": 4, "image_size": 128, "patch_size": 16,
+                             "output_channels": 16, "num_pos_feats": 8},
+           "prompt_encoder_config": {"hidden_size": 16, "image_size": 128, "patch_size": 16},
+           "mask_decoder_config": {"hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 1,
+                                   "num_attention_heads": 2, "iou_head_hidden_dim": 16}}
+    cfg.update(name="lisa-micro-test", family="lisa", sam={"image_size": 128, "config": sam})
+    path = tmp_path_factory.mktemp("lisa_cfg") / "lisa-micro.json"
+    path.write_text(json.dumps(cfg))
+    return path

@@ -3,7 +3,6 @@
 training through the shared loop."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -272,23 +271,6 @@ def test_merge_targets_joins_phrases_and_unions_masks():
 
 
 # -- training through the shared loop, on a micro LISA -------------------------------------
-@pytest.fixture(scope="module")
-def micro_lisa_cfg(tmp_path_factory, micro_config):
-    """A LISA over the micro PixelLM's towers (32 px CLIP) and a 128 px SAM of width 16."""
-    cfg = {k: copy.deepcopy(micro_config[k]) for k in ("vision", "llm", "image_pool")}
-    cfg["vision"]["layers"] = [1]
-    sam = {"vision_config": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 1, "mlp_dim": 32,
-                             "global_attn_indexes": [1], "window_size": 4, "image_size": 128, "patch_size": 16,
-                             "output_channels": 16, "num_pos_feats": 8},
-           "prompt_encoder_config": {"hidden_size": 16, "image_size": 128, "patch_size": 16},
-           "mask_decoder_config": {"hidden_size": 16, "mlp_dim": 32, "num_hidden_layers": 1,
-                                   "num_attention_heads": 2, "iou_head_hidden_dim": 16}}
-    cfg.update(name="lisa-micro-test", family="lisa", sam={"image_size": 128, "config": sam})
-    path = tmp_path_factory.mktemp("lisa_cfg") / "lisa-micro.json"
-    path.write_text(json.dumps(cfg))
-    return path
-
-
 def train_args(run, shapes, cfg, *extra):
     return ["--model", str(cfg), "--out", str(run), "--shapes-root", str(shapes), "--steps", "8",
             "--batch-size", "4", "--warmup", "2", "--lr", "3e-3", "--save-every", "4", "--eval-split", "",
