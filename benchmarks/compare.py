@@ -193,9 +193,25 @@ def claim_verdict(rows: list[dict], pixellm: str | None, lisa: str | None) -> st
         why.append("PixelLM trails LISA by more than a tie on a many-target split")
     if not cheap:
         why.append(f"PixelLM does not cost about half of LISA's TFLOPs at K = 3 ({'7B' if '7b' in judged else 'tiny'})")
-    return (f"**PixelLM's claim {holds} at this scale.** gIoU of {pixellm} minus {lisa}: {gap_text} "
+    text = (f"**PixelLM's claim {holds} at this scale.** gIoU of {pixellm} minus {lisa}: {gap_text} "
             f"(a tie is within {TIE}); TFLOPs per query at K = 3, {pixellm} / {lisa}: {ratio_text}"
             + (f". Why not: {'; '.join(why)}." if why else "."))
+    return text + "".join(f" {note}" for note in trivial_caveats(rows, [pixellm, lisa], splits))
+
+
+def trivial_caveats(rows: list[dict], models: list[str], splits: list[str]) -> list[str]:
+    """A warning per model that scores below the best trivial answer (gIoU) on these splits:
+    a win over such a model says little about the method."""
+    by = {(r["model"], r["split"]): r for r in rows}
+    notes = []
+    for m in models:
+        below = [s for s in splits if _num(by[m, s]["giou"]) < _num(by[m, s].get("trivial_giou"))]
+        if below:
+            tf = max(_num(by[m, s]["tf_giou"]) for s in below)
+            notes.append(f"Caveat: {m} scores below the best trivial answer on "
+                         f"{', '.join(s.removeprefix('shapes-') for s in below)} (teacher-forced gIoU at most "
+                         f"{tf:.3f}), so this budget did not train it to segment.")
+    return notes
 
 
 def claim_pair(configs: dict) -> tuple[str | None, str | None]:

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, SamConfig, SamModel
 
+from pixellm.build import build_llm, build_vision
 from pixellm.codebook import add_special_tokens
 from pixellm.config import get_model_config
 from pixellm.errors import ConfigError
 from pixellm.families import Family
-from pixellm.llm import IMAGE_TOKEN, ImageProjector, apply_lora, build_causal_lm, load_tokenizer
+from pixellm.llm import ImageProjector
 from pixellm.muse.records import merge_targets
-from pixellm.vision import VisionTower, create_open_clip_visual
 
 from .config import SEG_TOKEN, LisaConfig
 from .model import Lisa
@@ -34,33 +34,6 @@ def build_sam(spec, *, load_weights: bool = True, dtype: torch.dtype | None = No
     return sam.to(dtype) if dtype is not None else sam
 
 
-def _llm(cfg: LisaConfig, tokenizer, load_weights: bool, dtype) -> tuple[nn.Module, int, int]:
-    """(causal LM with [SEG] (and <image>) in its vocabulary, image id, [SEG] id)."""
-    c = cfg.llm
-    if c.name_or_path is not None and load_weights:
-        llm = build_causal_lm(name_or_path=c.name_or_path, config=None, torch_dtype=dtype)
-    elif c.config is not None:
-        llm = build_causal_lm(name_or_path=None, config=c.config, torch_dtype=dtype)
-    else:
-        raise ConfigError(f"{cfg.name}: building without weights needs llm.config")
-    if tokenizer is None:  # meta / FLOP builds: ids follow the base vocabulary
-        base = llm.config.vocab_size
-        image_id, seg_id, vocab = base, base + 1, base + 2
-    else:
-        seg_id = add_special_tokens(tokenizer, [SEG_TOKEN])[0]
-        image_id, vocab = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), len(tokenizer)
-    if vocab != llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(vocab, mean_resizing=False)
-    if c.lora is not None:
-        llm = apply_lora(llm, r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
-                         target_modules=c.lora.target_modules)
-    if c.train_embeddings:  # the new [SEG] row must learn (LISA trains embeddings and head)
-        base_llm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-        base_llm.get_input_embeddings().weight.requires_grad_(True)
-        base_llm.get_output_embeddings().weight.requires_grad_(True)
-    return llm, image_id, seg_id
-
-
 def build_lisa(config: LisaConfig | str, *, tokenizer: PreTrainedTokenizerBase | None = None,
                load_weights: bool = True, dtype: torch.dtype | None = None) -> Lisa:
     """Assemble LISA from its config.
@@ -77,14 +50,9 @@ def build_lisa(config: LisaConfig | str, *, tokenizer: PreTrainedTokenizerBase |
         :class:`Lisa` with ``.config`` and ``.tokenizer`` attached.
     """
     cfg = get_model_config(config) if isinstance(config, str) else config.validate()
-    if tokenizer is None and (cfg.llm.tokenizer or cfg.llm.name_or_path) and load_weights:
-        tokenizer = load_tokenizer(cfg.llm.tokenizer or cfg.llm.name_or_path)
-    v = cfg.vision
-    visual = create_open_clip_visual(model_name=v.model_name, image_size=v.image_size,
-                                     pretrained=v.pretrained if load_weights else None,
-                                     open_clip_config=v.open_clip_config)
-    vision = VisionTower(visual=visual, layers=v.layers, freeze=v.freeze)
-    llm, image_id, seg_id = _llm(cfg, tokenizer, load_weights, dtype)
+    tokenizer, vision = build_vision(cfg, tokenizer, load_weights=load_weights)
+    llm, image_id, (seg_id,) = build_llm(cfg, tokenizer, n_new=1, load_weights=load_weights, dtype=dtype,
+                                         new_tokens=lambda tok: add_special_tokens(tok, [SEG_TOKEN]))
     base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
     d = base.config.hidden_size
     sam = build_sam(cfg.sam, load_weights=load_weights, dtype=dtype)
@@ -94,10 +62,10 @@ def build_lisa(config: LisaConfig | str, *, tokenizer: PreTrainedTokenizerBase |
         llm=llm,
         # LISA's text_hidden_fcs: Linear d->d, ReLU, Linear d->prompt width
         seg_projection=nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, prompt_width)),
-        sam=sam, image_token_id=image_id, seg_token_id=seg_id, clip_size=v.image_size,
+        sam=sam, image_token_id=image_id, seg_token_id=seg_id, clip_size=cfg.vision.image_size,
         freeze_sam_encoder=cfg.sam.freeze_encoder,
         sam_norm=None if cfg.sam.mean is None else (cfg.sam.mean, cfg.sam.std),
-        clip_norm=(v.mean, v.std), ce_weight=cfg.loss.ce_weight, bce_weight=cfg.loss.bce_weight,
+        clip_norm=(cfg.vision.mean, cfg.vision.std), ce_weight=cfg.loss.ce_weight, bce_weight=cfg.loss.bce_weight,
         dice_weight=cfg.loss.dice_weight, iou_weight=cfg.loss.iou_weight)
     if dtype is not None:
         model.to(dtype)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .codebook import (
@@ -23,39 +24,61 @@ def _resolve(config: PixelLMConfig | str) -> PixelLMConfig:
     return get_model_config(config) if isinstance(config, str) else config.validate()
 
 
-def _token_ids(cfg: PixelLMConfig, tokenizer: PreTrainedTokenizerBase | None, base_vocab: int
-               ) -> tuple[int, list[int], int]:
-    """(image id, codebook ids, vocab size) from the tokenizer, or appended after the base vocab."""
-    if tokenizer is None:  # meta / FLOP builds: ids follow the base vocabulary
-        n = cfg.block_len
-        return base_vocab, list(range(base_vocab + 1, base_vocab + 1 + n)), base_vocab + 1 + n
-    ids = add_codebook_tokens(tokenizer, num_scales=cfg.codebook.num_scales,
-                              tokens_per_scale=cfg.codebook.tokens_per_scale)
-    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), ids, len(tokenizer)
+def build_llm(cfg, tokenizer: PreTrainedTokenizerBase | None, *, new_tokens, n_new: int,
+              load_weights: bool, dtype) -> tuple[nn.Module, int, list[int]]:
+    """The causal LM of any family's config, with ``<image>`` and the family's new tokens.
 
-
-def _build_llm(cfg: PixelLMConfig, tokenizer, load_weights: bool, dtype):
-    llm_cfg = cfg.llm
-    if llm_cfg.name_or_path is not None and load_weights:
-        llm = build_causal_lm(name_or_path=llm_cfg.name_or_path, config=None, torch_dtype=dtype)
-    elif llm_cfg.config is not None:
-        llm = build_causal_lm(name_or_path=None, config=llm_cfg.config, torch_dtype=dtype)
+    Args:
+        cfg: a family config with ``name`` and ``llm`` (:class:`~pixellm.config.LLMConfig`).
+        tokenizer: the tokenizer the new tokens are added to; None (meta / FLOP builds): their
+            ids follow the base vocabulary (``<image>`` first, then ``n_new`` tokens).
+        new_tokens: ``tokenizer -> ids`` of the family's tokens, added to it (codebook, [SEG]).
+        load_weights: load ``llm.name_or_path``; False: random weights of ``llm.config`` (or of
+            the directory's config).
+    Returns:
+        (LLM, resized and optionally LoRA-wrapped, ``<image>`` id, new token ids).
+    """
+    c = cfg.llm
+    if c.name_or_path is not None and load_weights:
+        llm = build_causal_lm(name_or_path=c.name_or_path, config=None, torch_dtype=dtype)
+    elif c.config is not None:
+        llm = build_causal_lm(name_or_path=None, config=c.config, torch_dtype=dtype)
     else:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(llm_cfg.name_or_path), dtype=dtype)
-    image_id, codebook_ids, vocab = _token_ids(cfg, tokenizer, llm.config.vocab_size)
+        llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(c.name_or_path), dtype=dtype)
+    if tokenizer is None:
+        base = llm.config.vocab_size
+        image_id, ids, vocab = base, list(range(base + 1, base + 1 + n_new)), base + 1 + n_new
+    else:
+        ids = new_tokens(tokenizer)
+        image_id, vocab = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), len(tokenizer)
     if vocab != llm.get_input_embeddings().num_embeddings:
         llm.resize_token_embeddings(vocab, mean_resizing=False)
-    if llm_cfg.lora is not None:
-        lora = llm_cfg.lora
-        llm = apply_lora(llm, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                         target_modules=lora.target_modules)
-    if llm_cfg.train_embeddings:  # new codebook rows must learn (LISA/PixelLM train both)
-        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-        base.get_input_embeddings().weight.requires_grad_(True)
-        base.get_output_embeddings().weight.requires_grad_(True)
-    return llm, image_id, codebook_ids
+    if c.lora is not None:
+        llm = apply_lora(llm, r=c.lora.r, alpha=c.lora.alpha, dropout=c.lora.dropout,
+                         target_modules=c.lora.target_modules)
+    if c.train_embeddings:  # the new rows must learn (LISA and PixelLM train both)
+        base_llm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+        base_llm.get_input_embeddings().weight.requires_grad_(True)
+        base_llm.get_output_embeddings().weight.requires_grad_(True)
+    return llm, image_id, ids
+
+
+def build_vision(cfg, tokenizer: PreTrainedTokenizerBase | None, *, load_weights: bool
+                 ) -> tuple[PreTrainedTokenizerBase | None, VisionTower]:
+    """(the tokenizer: given, else ``llm.tokenizer`` / ``llm.name_or_path`` when loading
+    weights, else None; the CLIP :class:`VisionTower` of ``cfg.vision``)."""
+    if tokenizer is None and (cfg.llm.tokenizer or cfg.llm.name_or_path) and load_weights:
+        tokenizer = load_tokenizer(cfg.llm.tokenizer or cfg.llm.name_or_path)
+    v = cfg.vision
+    visual = create_open_clip_visual(model_name=v.model_name, image_size=v.image_size,
+                                     pretrained=v.pretrained if load_weights else None,
+                                     open_clip_config=v.open_clip_config)
+    vision = VisionTower(visual=visual, layers=v.layers, freeze=v.freeze)
+    if v.image_size % vision.patch_size:
+        raise ConfigError(f"{cfg.name}: image_size {v.image_size} is not a multiple of patch {vision.patch_size}")
+    return tokenizer, vision
 
 
 def build_model(config, *, tokenizer: PreTrainedTokenizerBase | None = None,
@@ -87,16 +110,11 @@ def build_pixellm(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizer
         :class:`PixelLM` with ``.config`` and ``.tokenizer`` attached.
     """
     cfg = _resolve(config)
-    if tokenizer is None and (cfg.llm.tokenizer or cfg.llm.name_or_path) and load_weights:
-        tokenizer = load_tokenizer(cfg.llm.tokenizer or cfg.llm.name_or_path)
-    v = cfg.vision
-    visual = create_open_clip_visual(model_name=v.model_name, image_size=v.image_size,
-                                     pretrained=v.pretrained if load_weights else None,
-                                     open_clip_config=v.open_clip_config)
-    vision = VisionTower(visual=visual, layers=v.layers, freeze=v.freeze)
-    if v.image_size % vision.patch_size:
-        raise ConfigError(f"{cfg.name}: image_size {v.image_size} is not a multiple of patch {vision.patch_size}")
-    llm, image_id, codebook_ids = _build_llm(cfg, tokenizer, load_weights, dtype)
+    tokenizer, vision = build_vision(cfg, tokenizer, load_weights=load_weights)
+    cb = cfg.codebook
+    llm, image_id, codebook_ids = build_llm(
+        cfg, tokenizer, n_new=cfg.block_len, load_weights=load_weights, dtype=dtype,
+        new_tokens=lambda tok: add_codebook_tokens(tok, num_scales=cb.num_scales, tokens_per_scale=cb.tokens_per_scale))
     d_llm = llm.config.hidden_size if not hasattr(llm, "get_base_model") else llm.get_base_model().config.hidden_size
     cb, dec, loss = cfg.codebook, cfg.decoder, cfg.loss
     vocab = llm.get_input_embeddings().num_embeddings

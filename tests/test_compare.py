@@ -62,15 +62,18 @@ def test_existing_runs_are_reused(compared, capsys):
 
 
 def test_winners_and_verdict_in_words():
-    rows = [dict(model=m, split=s, giou=g, ciou=c, tflops_k3=f, tflops_7b_k3=f7)
+    rows = [dict(model=m, split=s, giou=g, ciou=c, tflops_k3=f, tflops_7b_k3=f7, tf_giou=g + 0.1, trivial_giou=0.3)
             for m, f, f7, scores in [("p", 1.0, 4.8, {"shapes-test_many": (0.50, 0.40), "shapes-multi_ref": (0.60, 0.5)}),
                                      ("l", 2.0, 10.0, {"shapes-test_many": (0.45, 0.42), "shapes-multi_ref": (0.605, 0.6)})]
             for s, (g, c) in scores.items()]
     wins = {w["split"]: w for w in split_winners(rows)}
     assert wins["shapes-test_many"]["winner"] == "p" and wins["shapes-test_many"]["lead_giou"] == pytest.approx(0.05)
     assert wins["shapes-multi_ref"]["winner"] == "l"
-    assert "claim holds" in claim_verdict(rows, "p", "l")  # 0.005 behind is a tie; 0.5x and 0.48x the TFLOPs
-    rows[2]["giou"] = 0.55  # now PixelLM trails by 0.055 on multi_ref
+    text = claim_verdict(rows, "p", "l")
+    assert "claim holds" in text and "Caveat" not in text  # 0.005 behind is a tie; 0.5x and 0.48x the TFLOPs
+    rows[2]["giou"] = 0.55  # LISA on test_many: now PixelLM trails by 0.05 there
     text = claim_verdict(rows, "p", "l")
     assert "does not hold" in text and "trails" in text
     assert "not checked" in claim_verdict(rows, "p", None)
+    rows[1]["trivial_giou"] = 0.7  # p is now below the trivial answer on multi_ref
+    assert "Caveat: p scores below the best trivial answer on multi_ref" in claim_verdict(rows, "p", "l")

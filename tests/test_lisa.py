@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from scripting import scripted
+from test_train import args, losses
 from transformers import SamConfig, SamModel
 
 import pixellm
@@ -272,13 +273,8 @@ def test_merge_targets_joins_phrases_and_unions_masks():
 
 # -- training through the shared loop, on a micro LISA -------------------------------------
 def train_args(run, shapes, cfg, *extra):
-    return ["--model", str(cfg), "--out", str(run), "--shapes-root", str(shapes), "--steps", "8",
-            "--batch-size", "4", "--warmup", "2", "--lr", "3e-3", "--save-every", "4", "--eval-split", "",
-            "--no-progress", "--threads", "1", "--seed", "7", "--vision-warmup", "0", *extra]
-
-
-def losses(run):
-    return {r["step"]: r["loss"] for r in json.loads((run / "history.json").read_text())}
+    """test_train's short run, without the vision warm-up (a PixelLM region-words head's)."""
+    return args(run, shapes, cfg, "--vision-warmup", "0", *extra)
 
 
 @pytest.fixture(scope="module")
