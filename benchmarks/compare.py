@@ -40,6 +40,10 @@ DEFAULT_MODELS = ("pixellm-tiny", "lisa-tiny", "lisa-tiny-merged")
 KS = (1, 3, 10)
 CLAIM_SPLITS = ("shapes-test_many", "shapes-multi_ref")  # PixelLM's claim is about many targets
 TIE = 0.01  # gIoU points within which two models count as level
+# pixellm-train arguments of one family's models only (e.g. "lisa=--vision-warmup 400" adds the
+# SAM pretraining stage of pixellm.lisa.warmup inside the same budget); none by default: every
+# model trains with make train's command.
+FAMILY_ARGS: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=14.0, help="training minutes per model (as make train)")
     p.add_argument("--steps", type=int, default=8000, help="training step cap per model (as make train)")
     p.add_argument("--train-args", default="", help="more pixellm-train arguments, the same for every model")
+    p.add_argument("--family-args", action="append", default=None, metavar="FAMILY=ARGS",
+                   help="pixellm-train arguments of one family's models, after --train-args (repeatable; "
+                        f"default: {'; '.join(f'{k}={v}' for k, v in FAMILY_ARGS.items())})")
     p.add_argument("--retrain", action="store_true", help="train again even if a run exists")
     p.add_argument("--limit", type=int, default=0, help="questions per split (0: all)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -66,14 +73,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- training -------------------------------------------------------------------------------
-def train_argv(model: str, run: Path, args: argparse.Namespace) -> list[str]:
-    """``pixellm-train`` arguments of one model: ``make train``'s, the model and run changed."""
+def family_args(specs: list[str] | None) -> dict[str, str]:
+    """``FAMILY=ARGS`` strings -> {family: args}; None: :data:`FAMILY_ARGS`. InputError on a
+    string without ``=``."""
+    if specs is None:
+        return dict(FAMILY_ARGS)
+    out = {}
+    for spec in specs:
+        family, sep, rest = spec.partition("=")
+        if not sep or not family.strip():
+            raise InputError(f"--family-args {spec!r}: expected FAMILY=ARGS, e.g. 'lisa=--vision-warmup 400'")
+        out[family.strip()] = rest
+    return out
+
+
+def train_argv(model: str, run: Path, args: argparse.Namespace, extra: str = "") -> list[str]:
+    """``pixellm-train`` arguments of one model: ``make train``'s, the model and run changed,
+    then ``--train-args`` and the family's ``extra``."""
     return ["--model", model, "--shapes-root", str(args.data), "--out", str(run), "--steps", str(args.steps),
-            "--time-budget", str(args.time_budget), *shlex.split(args.train_args),
+            "--time-budget", str(args.time_budget), *shlex.split(args.train_args), *shlex.split(extra),
             *(("--no-progress",) if args.no_progress else ())]
 
 
-def ensure_trained(model: str, args: argparse.Namespace) -> Path:
+def ensure_trained(model: str, args: argparse.Namespace, extra: str = "") -> Path:
     """The final checkpoint of ``model``'s run, training it first when it is missing.
 
     Raises:
@@ -86,7 +108,7 @@ def ensure_trained(model: str, args: argparse.Namespace) -> Path:
         return final
     from pixellm.train.main import main as train_main
 
-    argv = train_argv(model, run, args)
+    argv = train_argv(model, run, args, extra)
     print(f"compare: pixellm-train {shlex.join(argv)}", flush=True)
     if train_main(argv) != 0:
         raise RuntimeError(f"training {model} failed")
@@ -260,7 +282,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         "# PixelLM vs LISA, head to head", "",
         f"Same data ({meta['data']}), same training command and wall-clock budget "
-        f"({meta['time_budget']} min, at most {meta['steps']} steps), same metrics, same FLOP counter. "
+        f"({meta['time_budget']} min, at most {meta['steps']} steps; each family's own stage inside it: "
+        f"{_family_text(meta.get('family_args') or {})}), same metrics, same FLOP counter. "
         f"Device: {meta['device_name']}; {meta['dtype']}; torch {meta['torch']}; commit {meta['commit']}; "
         f"{meta['date']}; wall time {meta['wall_minutes']:.1f} min. Command: `{meta['command']}`.", "",
         report["verdict"], "", "Who wins each split (generated answers, gIoU):", "", *wins, "",
@@ -279,6 +302,10 @@ def to_markdown(report: dict) -> str:
         *_table(["model", "train min", "steps", *(f"tiny GFLOPs K={k}" for k in KS), *size_cols,
                  *(f"ms K={k}" for k in KS)], c, left=1)]
     return "\n".join(lines) + "\n"
+
+
+def _family_text(extra: dict[str, str]) -> str:
+    return "; ".join(f"{k} `{v}`" for k, v in extra.items() if v.strip()) or "none"
 
 
 def plot(report: dict, path: Path) -> None:
@@ -359,12 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.models = [add_model_config(m) if m.endswith(".json") else m for m in args.models]
         configs = {m: get_model_config(m) for m in args.models}
+        extra = family_args(args.family_args)
         sets = _sets(args)
     except (ConfigError, InputError) as e:
         print(f"pixellm-compare: error: {e}", file=sys.stderr)
         return 2
     try:
-        finals = {m: ensure_trained(m, args) for m in args.models}
+        finals = {m: ensure_trained(m, args, extra.get(configs[m].family, "")) for m in args.models}
     except RuntimeError as e:
         print(f"pixellm-compare: {e}", file=sys.stderr)
         return 1
@@ -384,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(device="cpu", dtype="float32", torch=torch.__version__.split("+")[0],
                 device_name=_device_name(torch.device("cpu")), commit=_commit(),
                 date=time.strftime("%Y-%m-%d %H:%M:%S"), data=str(args.data), time_budget=args.time_budget,
+                family_args=extra,
                 steps=args.steps, limit=args.limit, wall_minutes=(time.perf_counter() - start) / 60,
                 command=" ".join(["pixellm-compare", *(sys.argv[1:] if argv is None else argv)]))
     report = dict(meta=meta, sizes=args.sizes, models=args.models, rows=rows, winners=split_winners(rows),

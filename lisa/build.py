@@ -93,9 +93,10 @@ def adapt_samples(cfg: LisaConfig, samples: Sequence) -> Sequence:
 
 def _family() -> Family:
     from .predictor import LisaPredictor
+    from .warmup import warm_up_sam
 
     return Family(name="lisa", config_class=LisaConfig, build=build_lisa,
-                  predictor_class=LisaPredictor, adapt_samples=adapt_samples)
+                  predictor_class=LisaPredictor, adapt_samples=adapt_samples, warm_up=warm_up_sam)
 
 
 FAMILY = _family()

@@ -91,11 +91,15 @@ class Lisa(LLMSegmenter):
             clip = F.interpolate(pixels, size=(self.clip_size, self.clip_size), mode="bilinear",
                                  align_corners=False, antialias=True)
         tokens = self.projector(self.vision(clip)[0])  # (B, P, D)
+        return [self.encode_sam(pixels)], tokens
+
+    def encode_sam(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, S', S') normalised as the model's input -> SAM's image embedding
+        (B, C, g, g), renormalised to SAM's statistics first; no gradient when frozen."""
         sam_px = pixels * self._sam_scale.to(pixels.dtype) + self._sam_shift.to(pixels.dtype)
         encoder = self.sam.vision_encoder
         with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder.frozen):
-            emb = encoder(sam_px).last_hidden_state  # (B, C, g, g)
-        return [emb], tokens
+            return encoder(sam_px).last_hidden_state
 
     def decode_masks(self, feats: list[torch.Tensor], block_hidden: torch.Tensor,
                      batch_index: torch.Tensor) -> DecoderOutput:
@@ -150,14 +154,14 @@ class Lisa(LLMSegmenter):
         if gt.shape[0] != dec.logits.shape[0]:
             raise ValueError(f"{dec.logits.shape[0]} [SEG] tokens in the answers but {gt.shape[0]} gt masks")
         ce = self.text_loss(text_logits, labels)
-        mask = self._mask_loss(dec, gt)
+        mask = self.mask_loss(dec, gt)
         out.parts = {"ce": ce.detach(), **{k: v.detach() for k, v in mask.items() if k != "mask"}}
         out.terms = {"text": self.weights["ce"] * ce, "mask": mask["mask"]}
         out.counts = {"text": int((labels[:, 1:] != -100).sum()), "mask": int(dec.logits.shape[0])}
         out.loss = sum(out.terms.values())
         return out
 
-    def _mask_loss(self, dec: DecoderOutput, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+    def mask_loss(self, dec: DecoderOutput, gt: torch.Tensor) -> dict[str, torch.Tensor]:
         """BCE + Dice (+ IoU head) at the mask grid; ``gt`` (K, S', S') is area-pooled to it and
         binarised (exact for inputs upsampled from that grid, as the 96-px generated scenes)."""
         logits = dec.logits.float()  # (K, h, w)

@@ -42,6 +42,9 @@ class Family:
         predictor_class: has ``from_pretrained(directory, *, device=None, dtype=None, **kw)``.
         adapt_samples: ``(config, samples) -> samples`` the family trains on (e.g. LISA's
             merged variant joins all targets of a question into one); None: unchanged.
+        warm_up: the family's ``--vision-warmup`` stage, with the signature of
+            :func:`pixellm.train.warmup.warm_up_vision` over an ``ObjectWordDataset`` at the
+            model's input side (LISA: SAM on point prompts); None: PixelLM's vision warm-up.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Family:
     build: Callable[..., Any]
     predictor_class: type
     adapt_samples: Callable[[Any, Sequence], Sequence] | None = None
+    warm_up: Callable[..., list[dict]] | None = None
 
 
 # family name -> module defining FAMILY (imported on first use: no family loads another)

@@ -19,7 +19,7 @@ def compared(tmp_path_factory, shapes, micro_cfg, micro_lisa_cfg):
                                   "merge_targets": True}))
     argv = ["--models", str(micro_cfg), str(micro_lisa_cfg), str(merged), "--runs", str(tmp / "runs"),
             "--data", str(shapes), "--splits", "val", "test_many", "--time-budget", "0", "--steps", "3",
-            "--train-args", TRAIN, "--sizes", "--repeats", "1", "--out", str(tmp / "out"), "--no-progress",
+            "--train-args", TRAIN, "--family-args", "lisa=--vision-warmup 3 --vision-warmup-batch 2", "--sizes", "--repeats", "1", "--out", str(tmp / "out"), "--no-progress",
             "--batch-size", "4"]
     assert main(argv) == 0
     return tmp, argv
@@ -51,6 +51,10 @@ def test_report_has_one_row_per_model_and_split(compared, shapes):
     md = (tmp / "out" / f"{stem}.md").read_text()
     assert "PixelLM's claim" in md and "| lisa-micro-merged | test_many |" in md
     assert report["winners"][0]["split"] == "shapes-val"
+    # the LISA runs ran their family's stage (SAM on point prompts) inside the budget; PixelLM's none
+    warm = {m: (tmp / "runs" / m / "vision_warmup.json").is_file() for m in models}
+    assert warm == {"pixellm-micro-test": False, "lisa-micro-test": True, "lisa-micro-merged": True}
+    assert "lisa `--vision-warmup 3 --vision-warmup-batch 2`" in md
 
 
 def test_existing_runs_are_reused(compared, capsys):
@@ -59,6 +63,16 @@ def test_existing_runs_are_reused(compared, capsys):
     stamp = final.stat().st_mtime_ns
     assert main([*argv, "--splits", "val", "--limit", "2"]) == 0
     assert "reusing" in capsys.readouterr().out and final.stat().st_mtime_ns == stamp
+
+
+def test_family_args_parse():
+    from pixellm.benchmarks.compare import FAMILY_ARGS, family_args
+    from pixellm.errors import InputError
+
+    assert family_args(None) == FAMILY_ARGS and family_args(["lisa=", "pixellm=--turns 1"]) == {
+        "lisa": "", "pixellm": "--turns 1"}
+    with pytest.raises(InputError, match="FAMILY=ARGS"):
+        family_args(["--vision-warmup 3"])
 
 
 def test_winners_and_verdict_in_words():

@@ -82,6 +82,16 @@ def test_families_and_configs_are_registered():
         config_from_dict({k: v for k, v in d.items() if k != "sam"})
 
 
+def test_sam_positional_frequencies_are_sams_own():
+    """transformers initialises SAM's random Fourier features with std = hidden / 2 (16 for the
+    tiny encoder: position noise a from-scratch SAM cannot segment with); SAM's own is 1."""
+    for name in ("lisa-tiny", "lisa-tiny-merged", "lisa-7b", "lisa-13b"):
+        assert get_model_config(name).sam.config["vision_config"]["scale"] == 1.0, name
+    torch.manual_seed(0)
+    pe = build_sam(get_model_config("lisa-tiny").sam).shared_image_embedding.positional_embedding
+    assert 0.5 < pe.std().item() < 1.5
+
+
 def test_tiny_config_matches_pixellm_tiny_towers():
     lisa, pix = get_model_config("lisa-tiny"), get_model_config("pixellm-tiny")
     assert lisa.llm.config == pix.llm.config and lisa.vision.open_clip_config == pix.vision.open_clip_config
@@ -354,3 +364,39 @@ def test_merged_variant_trains_on_one_union_mask(tmp_path, shapes, micro_lisa_cf
     assert "| val | 4 |" in capsys.readouterr().out
     summary = json.loads((run / "eval.json").read_text())
     assert summary["eval"]["n_questions"] == 4 and np.isfinite(summary["eval"]["giou"])
+
+
+def test_point_prompts_fall_inside_their_masks():
+    from pixellm.lisa.warmup import point_prompts
+
+    masks = torch.zeros(3, 8, 8)
+    masks[0, 2:4, 5:7] = 1
+    masks[1, 7, 0] = 1
+    pts = point_prompts(masks, torch.Generator().manual_seed(0))
+    assert pts.shape == (3, 2)
+    for k in (0, 1):
+        x, y = int(pts[k, 0]), int(pts[k, 1])
+        assert masks[k, y, x] == 1 and pts[k, 0] % 1 == 0.5
+    assert 0 <= pts[2].min() and pts[2].max() < 8  # an empty mask gets some point, no error
+
+
+def test_sam_warm_up_trains_sam_on_point_prompts_within_the_budget(tmp_path, shapes, micro_lisa_cfg, capsys):
+    """``--vision-warmup`` runs LISA's stage: SAM learns point-prompted masks, before the run."""
+    run = tmp_path / "warm"
+    assert train_main(train_args(run, shapes, micro_lisa_cfg, "--steps", "2", "--vision-warmup", "30",
+                                 "--vision-warmup-batch", "4", "--vision-warmup-lr", "3e-3")) == 0
+    out = capsys.readouterr().out
+    assert "lisa warm-up: 30 steps of 4 images" in out and "sam_mask loss" in out
+    hist = json.loads((run / "vision_warmup.json").read_text())
+    assert [r["step"] for r in hist] == list(range(1, 31))
+    first, last = np.mean([r["sam_mask"] for r in hist[:5]]), np.mean([r["sam_mask"] for r in hist[-5:]])
+    assert last < first and all(np.isfinite(r["sam_mask"]) for r in hist)
+
+
+def test_sam_warm_up_refuses_a_frozen_sam(micro_lisa_cfg, shapes, tmp_path, capsys):
+    cfg = json.loads(micro_lisa_cfg.read_text())
+    cfg["sam"]["freeze_encoder"] = True
+    path = tmp_path / "frozen.json"
+    path.write_text(json.dumps({**cfg, "name": "lisa-micro-frozen"}))
+    assert train_main(train_args(tmp_path / "f", shapes, path, "--vision-warmup", "3")) == 2
+    assert "SAM's image encoder: it is frozen" in capsys.readouterr().err

@@ -151,19 +151,25 @@ def _vision_warmup(args, accelerator, model, samples, tok, run_dir: Path) -> lis
     if steps <= 0:
         return []
     cfg = model.config.vision
-    data = ObjectWordDataset(samples, tokenizer=tok, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std)
-    accelerator.print(f"vision warm-up: {steps} steps of {args.vision_warmup_batch * accelerator.num_processes} "
+    # the family's warm-up stage: PixelLM's vision tower on object words, at CLIP's side;
+    # LISA's SAM on point prompts, at the model's input side (pixellm.lisa.warmup)
+    family_stage = family_of(model.config).warm_up
+    stage, size = (family_stage, model.input_size) if family_stage else (warm_up_vision, cfg.image_size)
+    label = f"{family_of(model.config).name} warm-up" if family_stage else "vision warm-up"
+    data = ObjectWordDataset(samples, tokenizer=tok, image_size=size, mean=cfg.mean, std=cfg.std)
+    accelerator.print(f"{label}: {steps} steps of {args.vision_warmup_batch * accelerator.num_processes} "
                       f"images ({len(data)} images with targets)")
     model.to(accelerator.device)
-    history = warm_up_vision(model, data, steps=steps, batch_size=args.vision_warmup_batch,
+    history = stage(model, data, steps=steps, batch_size=args.vision_warmup_batch,
                              lr=args.vision_warmup_lr, accelerator=accelerator, seed=args.seed,
                              betas=args.betas, clip=args.clip,
                              progress=not args.no_progress)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "vision_warmup.json").write_text(json.dumps(history))
-    accelerator.print(f"vision warm-up: object-word loss {history[0]['object_words']:.3f} -> "
-                      f"{history[-1]['object_words']:.3f} in {history[-1]['seconds'] / 60:.1f} min")
+    key = next(k for k in history[0] if k not in ("step", "lr", "images_per_s", "seconds"))  # the loss
+    accelerator.print(f"{label}: {key} loss {history[0][key]:.3f} -> "
+                      f"{history[-1][key]:.3f} in {history[-1]['seconds'] / 60:.1f} min")
     return history
 
 

@@ -138,13 +138,13 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
                                                          batch["batch_index"].to(dev), batch["phrases"])
         # The mean over the global batch's targets: each process scales its sum by the global
         # count, so the processes' mean gradient is the one process's on the whole batch.
-        count, total_sum = _sums(accelerator, float(count), float(total.detach()))  # one collective
+        count, total_sum = global_sums(accelerator, float(count), float(total.detach()))  # one collective
         loss = total * world / max(count, 1.0)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"non-finite vision warm-up loss ({loss.item()}) at warm-up step {step}; stopping")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        _average_grads(accelerator, params)
+        average_grads(accelerator, params)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
@@ -160,7 +160,7 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
     return history
 
 
-def _average_grads(accelerator, params: list[torch.Tensor]) -> None:
+def average_grads(accelerator, params: list[torch.Tensor]) -> None:
     """Replace each gradient by its mean over the processes (one collective)."""
     if accelerator.num_processes == 1:
         return
@@ -170,7 +170,7 @@ def _average_grads(accelerator, params: list[torch.Tensor]) -> None:
         p.grad = g.view_as(p).clone()
 
 
-def _sums(accelerator, *xs: float) -> list[float]:
+def global_sums(accelerator, *xs: float) -> list[float]:
     """Each of ``xs`` summed over the processes."""
     if accelerator.num_processes == 1:
         return list(xs)
