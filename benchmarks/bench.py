@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import shlex
 import sys
 import time
@@ -39,6 +38,7 @@ import torch
 from pixellm.errors import CheckpointError, InputError
 
 from .baselines import evaluate_baselines
+from .machine import device_name
 from .runs import (
     DESCRIPTIONS,
     VARIANTS,
@@ -239,21 +239,11 @@ def _dtype(args: argparse.Namespace) -> torch.dtype:
     return getattr(torch, args.dtype)
 
 
-def _device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model and torch thread count (throughput depends on both)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    models = [x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")]
-    return f"{models[0] if models else platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-
-
 def _meta(args: argparse.Namespace, predictor, checkpoint: Path, argv: list[str] | None) -> dict:
     """Provenance: model, checkpoint, device, dtype, torch, threads, command, date."""
     device = torch.device(args.device)
     return dict(model=args.name or predictor.cfg.name, checkpoint=str(checkpoint),
-                device=device.type, device_name=_device_name(device), dtype=args.dtype,
+                device=device.type, device_name=device_name(device), dtype=args.dtype,
                 torch=torch.__version__.split("+")[0], threads=torch.get_num_threads(),
                 batch_size=args.batch_size, limit=args.limit, seed=args.seed,
                 margin=args.margin, date=time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -32,7 +32,7 @@ from pixellm.config import add_model_config, get_model_config
 from pixellm.errors import CheckpointError, ConfigError, InputError
 
 from .baselines import evaluate_baselines
-from .bench import _device_name
+from .machine import device_name
 from .runs import training_stats
 from .sources import SHAPES_SPLITS, EvalSet, fresh_sets, muse_sets
 
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compare: {m} on {es.name}", flush=True)
             rows.append(flat_row(m, quality_row(predictor, es, args), trivial[es.name], train, cost))
     meta = dict(device="cpu", dtype="float32", torch=torch.__version__.split("+")[0],
-                device_name=_device_name(torch.device("cpu")), commit=_commit(),
+                device_name=device_name(torch.device("cpu")), commit=_commit(),
                 date=time.strftime("%Y-%m-%d %H:%M:%S"), data=str(args.data), time_budget=args.time_budget,
                 family_args=extra,
                 steps=args.steps, limit=args.limit, wall_minutes=(time.perf_counter() - start) / 60,

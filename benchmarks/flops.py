@@ -19,7 +19,6 @@ import argparse
 import gc
 import itertools
 import json
-import platform
 import sys
 import time
 from functools import partial
@@ -49,6 +48,7 @@ from .flop_utils import (
     prompt_embeds,
     time_query,
 )
+from .machine import device_name
 
 COMPONENTS = ("vision", "llm_prefill", "llm_decode", "target_proj", "mask_encoder", "mask_decoder")
 # Independent measurements (shared/DESIGN.md section 6), FLOPs with multiply-add = 2.
@@ -312,22 +312,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model and the torch thread count (latency depends on both)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in
-              (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-              if line.startswith("model name")]
-    name = models[0] if models else platform.processor() or "cpu"
-    return f"{name}, {torch.get_num_threads()} threads"
-
-
 def _meta(device: torch.device, dtype: torch.dtype, argv: list[str] | None, flops_s: float) -> dict:
     """Provenance of the report: versions, device, command, FLOP-counting wall time."""
     return dict(torch=torch.__version__.split("+")[0], device=device.type,
-                dtype=str(dtype).removeprefix("torch."), device_name=_device_name(device),
+                dtype=str(dtype).removeprefix("torch."), device_name=device_name(device),
                 flops_wall_s=round(flops_s, 1),
                 command=" ".join(["pixellm-flops", *(sys.argv[1:] if argv is None else argv)]))
 
