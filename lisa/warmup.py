@@ -10,18 +10,11 @@ decoder) learns to return the mask, with the LISA run's mask loss (BCE + Dice + 
 """
 from __future__ import annotations
 
-import time
-
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from pixellm.decoder import DecoderOutput
-from pixellm.errors import InputError, TrainingDivergedError
-from pixellm.train.budget import WarmupLinearDecay
-from pixellm.train.mixture import MixtureSampler
-from pixellm.train.optim import adamw
-from pixellm.train.warmup import ObjectWordDataset, average_grads, collate_objects, global_sums
+from pixellm.errors import InputError
+from pixellm.train.warmup import ObjectWordDataset, train_stage
 
 
 def point_prompts(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -64,10 +57,9 @@ def sam_prompted_masks(model, pixels: torch.Tensor, points: torch.Tensor, batch_
 def warm_up_sam(model, dataset: ObjectWordDataset, *, steps: int, batch_size: int, lr: float,
                 accelerator, seed: int = 0, warmup: int = 50, betas=(0.9, 0.95), clip: float = 1.0,
                 progress: bool = True) -> list[dict]:
-    """Train ``model.sam`` on point prompts for ``steps`` steps (same contract as
-    :func:`pixellm.train.warmup.warm_up_vision`: ``batch_size`` images per process, seeded
-    shares of a global batch, averaged gradients, AdamW with linear warm-up and decay to 5%;
-    the model must not be wrapped by ``accelerator.prepare`` yet).
+    """Train ``model.sam`` on point prompts for ``steps`` steps with
+    :func:`pixellm.train.warmup.train_stage` (the loop of the vision warm-up; the model must
+    not be wrapped by ``accelerator.prepare`` yet).
 
     Returns:
         one record per step: {"step", "sam_mask" (the loss), "lr", "images_per_s", "seconds"}.
@@ -81,40 +73,16 @@ def warm_up_sam(model, dataset: ObjectWordDataset, *, steps: int, batch_size: in
                          "SAM needs no warm-up; pass --vision-warmup 0)")
     if len(dataset) == 0:
         raise InputError("the SAM warm-up found no training image with a target")
-    world, rank, dev = accelerator.num_processes, accelerator.process_index, accelerator.device
-    opt = adamw(params, lr=lr, betas=betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupLinearDecay(warmup=min(warmup, steps), total=steps,
-                                                                     min_ratio=0.05))
-    loader = iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_objects,
-                             sampler=MixtureSampler(sizes=[len(dataset)], rates=[1.0], seed=seed,
-                                                    rank=rank, world=world)))
-    gen = torch.Generator().manual_seed(seed * 1000 + rank)
-    bar = tqdm(total=steps, disable=not progress or not accelerator.is_main_process, desc="SAM warm-up",
-               dynamic_ncols=True, mininterval=2.0)
-    history, t0 = [], time.perf_counter()
-    model.sam.train()
-    for step in range(1, steps + 1):
-        batch = next(loader)
+    dev = accelerator.device
+    gen = torch.Generator().manual_seed(seed * 1000 + accelerator.process_index)
+
+    def step_sums(batch: dict) -> tuple[torch.Tensor, int]:
         masks = batch["masks"]
-        points = point_prompts(masks, gen)
-        with accelerator.autocast():
-            out = sam_prompted_masks(model, batch["pixels"].to(dev), points.to(dev), batch["batch_index"].to(dev))
-            loss = model.mask_loss(out, masks.to(dev))["mask"]
-        count, total = global_sums(accelerator, float(masks.shape[0]), float(loss.detach()) * masks.shape[0])
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"non-finite SAM warm-up loss ({loss.item()}) at warm-up step {step}; stopping")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        average_grads(accelerator, params)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        sched.step()
-        elapsed = time.perf_counter() - t0
-        rec = {"step": step, "sam_mask": total / max(count, 1.0), "lr": sched.get_last_lr()[0],
-               "images_per_s": step * batch_size * world / elapsed, "seconds": elapsed}
-        history.append(rec)
-        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("sam_mask", "lr", "images_per_s")})
-        bar.update(1)
-    bar.close()
-    return history
+        out = sam_prompted_masks(model, batch["pixels"].to(dev), point_prompts(masks, gen).to(dev),
+                                 batch["batch_index"].to(dev))
+        return model.mask_loss(out, masks.to(dev))["mask"] * masks.shape[0], masks.shape[0]  # mean -> sum
+
+    model.sam.train()
+    return train_stage(params, dataset, step_sums, steps=steps, batch_size=batch_size, lr=lr,
+                       accelerator=accelerator, seed=seed, warmup=warmup, betas=betas, clip=clip,
+                       progress=progress, name="SAM warm-up", key="sam_mask")

@@ -120,28 +120,52 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
         raise InputError("the vision warm-up needs a trainable vision tower (vision.freeze is set)")
     if len(dataset) == 0:
         raise InputError("the vision warm-up found no training image with a target")
-    world, rank, dev = accelerator.num_processes, accelerator.process_index, accelerator.device
+    dev = accelerator.device
+    model.vision.train()
+    return train_stage(
+        params, dataset,
+        lambda batch: model.region_head.object_sums(model.vision(batch["pixels"].to(dev))[0], batch["masks"].to(dev),
+                                                    batch["batch_index"].to(dev), batch["phrases"]),
+        steps=steps, batch_size=batch_size, lr=lr, accelerator=accelerator, seed=seed, warmup=warmup,
+        betas=betas, clip=clip, progress=progress, name="vision warm-up", key="object_words")
+
+
+def train_stage(params: list[torch.Tensor], dataset: Dataset, step_sums, *, steps: int, batch_size: int,
+                lr: float, accelerator, seed: int, warmup: int, betas, clip: float, progress: bool,
+                name: str, key: str) -> list[dict]:
+    """The loop of a warm-up stage (vision on object words, LISA's SAM on point prompts).
+
+    Each step takes ``batch_size`` items per process (seeded shares of a global batch, as
+    :class:`~pixellm.train.mixture.MixtureSampler` splits them), computes
+    ``step_sums(batch) -> (loss summed over the process's targets, their count)`` under
+    autocast, scales it to the mean over the global batch's targets, averages the processes'
+    gradients and takes an AdamW step over ``params``; the learning rate warms up over
+    ``warmup`` steps and decays linearly to 5%.
+
+    Returns:
+        one record per step: {"step", ``key`` (the loss), "lr", "images_per_s", "seconds"}.
+    Raises:
+        TrainingDivergedError: a non-finite loss.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
     opt = adamw(params, lr=lr, betas=betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupLinearDecay(warmup=min(warmup, steps), total=steps, min_ratio=0.05))
     loader = iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_objects,
                              sampler=MixtureSampler(sizes=[len(dataset)], rates=[1.0], seed=seed,
                                                     rank=rank, world=world)))
-    bar = tqdm(total=steps, disable=not progress or not accelerator.is_main_process, desc="vision warm-up",
+    bar = tqdm(total=steps, disable=not progress or not accelerator.is_main_process, desc=name,
                dynamic_ncols=True, mininterval=2.0)
     history, t0 = [], _clock()
-    model.vision.train()
     for step in range(1, steps + 1):
         batch = next(loader)
         with accelerator.autocast():
-            feats = model.vision(batch["pixels"].to(dev))[0]
-            total, count = model.region_head.object_sums(feats, batch["masks"].to(dev),
-                                                         batch["batch_index"].to(dev), batch["phrases"])
+            total, count = step_sums(batch)
         # The mean over the global batch's targets: each process scales its sum by the global
         # count, so the processes' mean gradient is the one process's on the whole batch.
         count, total_sum = global_sums(accelerator, float(count), float(total.detach()))  # one collective
         loss = total * world / max(count, 1.0)
         if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"non-finite vision warm-up loss ({loss.item()}) at warm-up step {step}; stopping")
+            raise TrainingDivergedError(f"non-finite {name} loss ({loss.item()}) at warm-up step {step}; stopping")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         average_grads(accelerator, params)
@@ -150,11 +174,11 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
         opt.step()
         sched.step()
         elapsed = _clock() - t0
-        rec = {"step": step, "object_words": total_sum / max(count, 1.0),
+        rec = {"step": step, key: total_sum / max(count, 1.0),
                "lr": sched.get_last_lr()[0], "images_per_s": step * batch_size * world / elapsed,
                "seconds": elapsed}
         history.append(rec)
-        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("object_words", "lr", "images_per_s")})
+        bar.set_postfix({k: f"{rec[k]:.3g}" for k in (key, "lr", "images_per_s")})
         bar.update(1)
     bar.close()
     return history
