@@ -31,7 +31,23 @@ def build_sam(spec, *, load_weights: bool = True, dtype: torch.dtype | None = No
         raise ConfigError(f"sam.image_size {spec.image_size} differs from its SamConfig's "
                           f"{cfg.vision_config.image_size}")
     sam = SamModel(cfg)
+    reference_init(sam)
     return sam.to(dtype) if dtype is not None else sam
+
+
+def reference_init(sam: SamModel) -> None:
+    """Initialise a from-scratch ``SamModel`` as the original SAM code does: every layer with
+    PyTorch's default initialisation (SAM's code sets none of its own besides zero position
+    embeddings, which transformers also uses).
+
+    transformers' own ``_init_weights`` draws SAM's image encoder from ``SamVisionConfig``'s
+    ``initializer_range``, 1e-10 by default (it only ever loads pretrained weights over them):
+    an encoder built that way starts with all-zero weights, sees a constant image and keeps the
+    mask decoder on the empty-mask plateau (docs/experiments.md, issue 23).
+    """
+    for module in sam.modules():
+        if module is not sam and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
 
 def build_lisa(config: LisaConfig | str, *, tokenizer: PreTrainedTokenizerBase | None = None,

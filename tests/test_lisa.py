@@ -92,6 +92,26 @@ def test_sam_positional_frequencies_are_sams_own():
     assert 0.5 < pe.std().item() < 1.5
 
 
+def test_from_scratch_sam_starts_with_pytorch_default_weights():
+    """transformers draws SAM's image encoder with initializer_range 1e-10 (zero weights: the
+    encoder sees a constant image); a from-scratch SAM gets PyTorch's defaults, as SAM's code."""
+    torch.manual_seed(0)
+    sam = build_sam(get_model_config("lisa-tiny").sam)
+    enc = sam.vision_encoder
+    qkv = enc.layers[0].attn.qkv
+    bound = 1 / qkv.in_features ** 0.5  # nn.Linear's default: kaiming uniform, |w| <= 1 / sqrt(fan_in)
+    assert 0.3 * bound < qkv.weight.std().item() and qkv.weight.abs().max().item() <= bound
+    for name, p in enc.named_parameters():
+        if p.dim() > 1 and "rel_pos" not in name and "pos_embed" not in name:  # SAM starts those at zero
+            assert p.std().item() > 1e-3, name
+    # and the encoder's output depends on the image
+    x = torch.randn(2, 3, enc.config.image_size, enc.config.image_size)
+    out = enc(x).last_hidden_state
+    assert (out[0] - out[1]).abs().mean() > 1e-2
+    # the mask decoder's tokens are nn.Embedding's N(0, 1), as in SAM
+    assert 0.5 < sam.mask_decoder.mask_tokens.weight.std().item() < 1.5
+
+
 def test_tiny_config_matches_pixellm_tiny_towers():
     lisa, pix = get_model_config("lisa-tiny"), get_model_config("pixellm-tiny")
     assert lisa.llm.config == pix.llm.config and lisa.vision.open_clip_config == pix.vision.open_clip_config
