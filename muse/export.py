@@ -116,7 +116,8 @@ def frequency(image_count: int) -> str:
 def lvis_file(entries: Iterable[Entry], train_image_counts: Counter) -> dict:
     """An LVIS instances dict (images, annotations, categories) for some entries."""
     entries = list(entries)
-    anns = [{k: a[k] for k in ("id", "image_id", "category_id", "segmentation", "area", "bbox")}
+    # ``colour`` is an extra key: LVIS readers ignore it, the LSeg family's colour labels use it
+    anns = [{k: a[k] for k in ("id", "image_id", "category_id", "segmentation", "area", "bbox", "colour")}
             for e in entries for a in e.anns]
     image_count = Counter(c for e in entries for c in {a["category_id"] for a in e.anns})
     instance_count = Counter(a["category_id"] for a in anns)

@@ -39,8 +39,9 @@ class GenConfig:
     """What to generate."""
 
     # Layout version of the files: 2 writes answers as full annotations and segmentations as
-    # polygons or uncompressed RLE (the official loader's forms). A change regenerates data.
-    format: int = 2
+    # polygons or uncompressed RLE (the official loader's forms); 3 adds each LVIS annotation's
+    # ``colour`` (the dense colour labels of the LSeg family). A change regenerates data.
+    format: int = 3
     seed: int = 0  # base seed of every per-image generator
     image_size: int = 96  # square image side S in pixels; object sizes scale with it
     train: int = 4000  # number of training images
