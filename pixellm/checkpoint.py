@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     config.json         the model config, naming its family (the LLM's and SAM's full
                         transformers configs inlined, so the directory is self-contained)
     model.safetensors   every parameter and persistent buffer
-    tokenizer/          the tokenizer, codebook tokens included
+    tokenizer/          the tokenizer, codebook tokens included (families whose model brings
+                        its own, as LSeg's text encoder, have none)
 """
 from __future__ import annotations
 
@@ -42,9 +43,12 @@ def save_pretrained(model, directory: str | Path) -> Path:
             tensors[k] = v.detach().clone().contiguous() if ptr in seen else v.detach().contiguous()
             seen[ptr] = k
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        if model.tokenizer is None:
-            raise CheckpointError("cannot save a model without a tokenizer (build it with one)")
-        model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        from .families import family_of
+
+        if family_of(model.config).checkpoint_tokenizer:
+            if model.tokenizer is None:
+                raise CheckpointError("cannot save a model without a tokenizer (build it with one)")
+            model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -59,7 +63,10 @@ def check_checkpoint_dir(directory: str | Path) -> Path:
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"checkpoint directory does not exist: {d}")
-    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR) if not (d / n).exists()]
+    needed = [CONFIG_NAME, WEIGHTS_NAME]
+    if (d / CONFIG_NAME).is_file() and read_config(d)[1].checkpoint_tokenizer:
+        needed.append(TOKENIZER_DIR)
+    missing = [n for n in needed if not (d / n).exists()]
     if missing:
         raise CheckpointError(f"incomplete checkpoint {d}: missing {', '.join(missing)}")
     return d
@@ -100,10 +107,12 @@ def from_pretrained(directory: str | Path, *, device: str | torch.device | None 
 
     d = check_checkpoint_dir(directory)
     cfg, family = read_config(d)
-    try:
-        tokenizer = load_tokenizer(d / TOKENIZER_DIR)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load tokenizer from {d / TOKENIZER_DIR}: {e}") from e
+    tokenizer = None
+    if family.checkpoint_tokenizer:
+        try:
+            tokenizer = load_tokenizer(d / TOKENIZER_DIR)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load tokenizer from {d / TOKENIZER_DIR}: {e}") from e
     model = family.build(cfg, tokenizer=tokenizer, load_weights=False)
     load_state_dict_strict(model, d / WEIGHTS_NAME)
     return model.to(device=device, dtype=dtype).eval()

@@ -1,4 +1,5 @@
-"""``pixellm-predict IMAGE "QUESTION" --checkpoint DIR [--out DIR]``."""
+"""``pixellm-predict IMAGE "QUESTION" --checkpoint DIR [--out DIR]`` (any family), or
+``pixellm-predict IMAGE --labels "other,red,ring" --checkpoint DIR`` (a label-map model)."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ def _iou(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixellm-predict", description="Answer a question about an image with one mask per target.")
     p.add_argument("image", help="image file")
-    p.add_argument("question", help="free-form question")
+    p.add_argument("question", nargs="?", default="", help="free-form question (not needed with --labels)")
     p.add_argument("--checkpoint", required=True, help="directory written by save_pretrained / pixellm-train")
     p.add_argument("--out", default=None, help="write prediction.json and overlay.png here")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
@@ -28,7 +29,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-duplicates", action="store_true", help="keep every block's mask (no suppression)")
     p.add_argument("--min-score", type=float, default=None,
                    help="reject targets scored below this (default: the predictor's, 0 without a score calibration)")
+    p.add_argument("--labels", default=None, metavar="A,B,...",
+                   help="label the image with this comma-separated label set instead (a label-map model: "
+                        "the lseg family); the question is then ignored, include 'other' for the background")
     return p
+
+
+def _options(checkpoint: str, args: argparse.Namespace) -> dict:
+    """The predictor options given on the command line that the checkpoint's family takes."""
+    import inspect
+
+    from .checkpoint import check_checkpoint_dir, read_config
+
+    family = read_config(check_checkpoint_dir(checkpoint))[1]
+    accepted = inspect.signature(family.predictor_class.__init__).parameters
+    given = {"max_new_tokens": args.max_new_tokens,
+             "duplicate_iou": None if args.keep_duplicates else args.duplicate_iou,
+             **({} if args.min_score is None else {"min_score": args.min_score})}
+    return {k: v for k, v in given.items() if k in accepted}
+
+
+def _label_map(pred, args: argparse.Namespace) -> int:
+    from .errors import InputError
+
+    if not hasattr(pred, "segment_labels"):
+        raise InputError("--labels needs a label-map model (the lseg family); this checkpoint answers questions")
+    lm = pred.segment_labels(args.image, [s.strip() for s in args.labels.split(",")])
+    total = lm.index.size
+    for k, label in enumerate(lm.labels):
+        print(f"  - {label!r}: {100 * (lm.index == k).sum() / total:.1f}% of the pixels")
+    if args.out:
+        from .image_io import load_image
+        from .overlay import draw_overlay
+        from .predictor import mask_rle
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        masks = [lm.index == k for k in range(len(lm.labels))]
+        (out / "labels.json").write_text(json.dumps({"image": str(args.image), "labels": lm.labels,
+                                                     "rle": [mask_rle(m) for m in masks]}, indent=2))
+        draw_overlay(load_image(args.image), masks, lm.labels).save(out / "label_map.png")
+        print(f"wrote {out / 'labels.json'} and {out / 'label_map.png'}")
+    return 0
 
 
 def _target_json(t) -> dict:
@@ -44,10 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .overlay import draw_overlay
 
     try:
-        pred = load_predictor(
-            args.checkpoint, device=args.device, max_new_tokens=args.max_new_tokens,
-            duplicate_iou=None if args.keep_duplicates else args.duplicate_iou,
-            **({} if args.min_score is None else {"min_score": args.min_score}))
+        pred = load_predictor(args.checkpoint, device=args.device, **_options(args.checkpoint, args))
+        if args.labels is not None:
+            return _label_map(pred, args)
         result = pred.predict(args.image, args.question)
     except (InputError, CheckpointError, ValueError) as e:  # ValueError: an option out of range
         print(f"pixellm-predict: error: {e}", file=sys.stderr)
@@ -58,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in result.duplicates:
         print(f"  = dropped {t.phrase!r}: its mask repeats a higher-scoring target's")
     for t in result.rejected:
-        print(f"  ? rejected {t.phrase!r}: score {t.score:.3f} below {pred.min_score:.2f}")
+        print(f"  ? rejected {t.phrase!r}: score {t.score:.3f}" + (
+            f" below {pred.min_score:.2f}" if hasattr(pred, "min_score") else " (too small or empty)"))
     for m in result.malformed:
         print(f"  ! dropped {m}")
     if args.out:

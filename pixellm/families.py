@@ -45,6 +45,15 @@ class Family:
         warm_up: the family's ``--vision-warmup`` stage, with the signature of
             :func:`pixellm.train.warmup.warm_up_vision` over an ``ObjectWordDataset`` at the
             model's input side (LISA: SAM on point prompts); None: PixelLM's vision warm-up.
+        train_data: for a family without an LLM: ``(config, *, roots, mix, seed, strict)`` ->
+            :class:`TrainData` (``roots``: source name -> data root or None; ``mix``: source
+            name -> rate); its model's ``forward(**batch)`` returns ``loss``, ``parts``,
+            ``terms`` and ``counts``. None: the LLM families' conversations.
+        checkpoint_tokenizer: its checkpoints hold a ``tokenizer/`` directory (False: the
+            model brings its own, e.g. LSeg's frozen text encoder's).
+        evaluate: ``(checkpoint_dir, *, root, split, limit, progress) -> (summary dict,
+            Markdown table)``, what ``pixellm-train`` reports after training; None: the LLM
+            families' generation metrics.
     """
 
     name: str
@@ -53,10 +62,31 @@ class Family:
     predictor_class: type
     adapt_samples: Callable[[Any, Sequence], Sequence] | None = None
     warm_up: Callable[..., list[dict]] | None = None
+    train_data: Callable[..., TrainData] | None = None
+    checkpoint_tokenizer: bool = True
+    evaluate: Callable[..., tuple[dict, str]] | None = None
+
+
+@dataclass
+class TrainData:
+    """A family's own training data for the shared loop.
+
+    dataset: items by flat index over the sources, in ``mix`` order; collate: items -> batch
+    dict (tensors, or lists of them or of strings); sizes: items per source (the mixture
+    sampler's); unit: what an item is, for the log ("label maps", "expressions"); tokenizer:
+    the one the model is built with, if the family needs one.
+    """
+
+    dataset: Any
+    collate: Callable[[list], dict]
+    sizes: list[int]
+    unit: str = "items"
+    tokenizer: Any = None  # what the model is built with (LTS: its word vocabulary), or None
 
 
 # family name -> module defining FAMILY (imported on first use: no family loads another)
-_BUILTIN = {"pixellm": "pixellm.build", "lisa": "pixellm.lisa.build"}
+_BUILTIN = {"pixellm": "pixellm.build", "lisa": "pixellm.lisa.build", "lseg": "pixellm.lseg.build",
+            "lts": "pixellm.lts.build"}
 _FAMILIES: dict[str, Family] = {}
 
 

@@ -115,14 +115,16 @@ def target_score(predicted_iou: float | None, probs: torch.Tensor, mask: torch.T
     return fg * block_prob
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """XYXY pixel box (x0, y0, x1, y1), exclusive max, of an (H, W) bool mask; zeros if empty."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return (0, 0, 0, 0)
     return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
-def _rle(mask: np.ndarray) -> dict:
+def mask_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of an (H, W) bool mask, ``counts`` as str (JSON-ready)."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
@@ -249,7 +251,7 @@ class PixelLMPredictor:
             iou = None if ious is None else ious[k]
             score = target_score(iou, probs[k], fg_masks[k], gen.token_probs[i][start], self.calibration,
                                  text_prob=text_prob)
-            targets.append(Target(phrase, mask, score, _bbox(mask), _rle(mask), k, iou, text_prob))
+            targets.append(Target(phrase, mask, score, mask_bbox(mask), mask_rle(mask), k, iou, text_prob))
         kept = (range(len(targets)) if self.duplicate_iou is None or not targets else
                 suppress_duplicates(fg_masks, [t.score for t in targets], iou=self.duplicate_iou))
         dropped = sorted(set(range(len(targets))) - set(kept))

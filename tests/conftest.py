@@ -114,3 +114,47 @@ def micro_lisa_cfg(tmp_path_factory, micro_config):
     path = tmp_path_factory.mktemp("lisa_cfg") / "lisa-micro.json"
     path.write_text(json.dumps(cfg))
     return path
+
+
+# A micro LSeg: a 4-block 32-px ViT, DPT width 8, C = 16, the real MiniLM as its text side.
+MICRO_LSEG = {
+    "name": "lseg-micro-test", "family": "lseg",
+    "vision": {"model_name": "lseg-micro-vit", "image_size": 32, "layers": [0, 1, 2, 3], "freeze": False,
+               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+               "open_clip_config": {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 4, "width": 32,
+                                                                    "head_width": 16, "patch_size": 8},
+                                    "text_cfg": {"context_length": 8, "vocab_size": 32, "width": 16, "heads": 1,
+                                                 "layers": 1}}},
+    "text": {"kind": "transformers", "max_length": 8},
+    "features": 8, "embed_dim": 16, "temperature": 0.07, "reg_blocks": 2, "reg_kind": "bottleneck",
+}
+
+
+@pytest.fixture(scope="session")
+def micro_lseg_cfg(tmp_path_factory):
+    """The micro LSeg config as a JSON file."""
+    path = tmp_path_factory.mktemp("lseg_cfg") / "lseg-micro.json"
+    path.write_text(json.dumps(MICRO_LSEG))
+    return path
+
+
+# A micro LTS: a 3-block 32-px ViT (hooks at 3 depths), C = 16, a 16-wide bi-GRU.
+MICRO_LTS = {
+    "name": "lts-micro-test", "family": "lts",
+    "vision": {"kind": "open_clip", "model_name": "lts-micro-vit", "image_size": 32, "layers": [0, 1, 2],
+               "freeze": False, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+               "open_clip_config": {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 3, "width": 32,
+                                                                    "head_width": 16, "patch_size": 8},
+                                    "text_cfg": {"context_length": 8, "vocab_size": 32, "width": 16, "heads": 1,
+                                                 "layers": 1}}},
+    "text": {"embed_dim": 16, "hidden": 8, "max_length": 12},
+    "dim": 16, "kernel_size": 3, "locate": "kernel", "use_prior": True, "locate_weight": 1.0,
+}
+
+
+@pytest.fixture(scope="session")
+def micro_lts_cfg(tmp_path_factory):
+    """The micro LTS config as a JSON file."""
+    path = tmp_path_factory.mktemp("lts_cfg") / "lts-micro.json"
+    path.write_text(json.dumps(MICRO_LTS))
+    return path

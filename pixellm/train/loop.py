@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..build import build_model
 from ..config import PixelLMConfig, add_model_config, get_model_config
 from ..data import ConversationDataset, collate, pack_turns
-from ..errors import TrainingDivergedError
+from ..errors import InputError, TrainingDivergedError
 from ..families import family_of
 from ..llm import load_tokenizer, train_word_tokenizer
 from ..model import answer_starts
@@ -53,9 +53,14 @@ def model_config(args):
     return get_model_config(name, **over)
 
 
+def _roots(args) -> dict:
+    """source name -> its data root from the command line (None: not given)."""
+    return {"shapes": args.shapes_root, "muse": args.muse_root, "refcoco": args.refcoco_root,
+            "multiref": args.multiref_root or args.refcoco_root}
+
+
 def _sources(args) -> dict:
-    roots = {"shapes": args.shapes_root, "muse": args.muse_root, "refcoco": args.refcoco_root,
-             "multiref": args.multiref_root or args.refcoco_root}
+    roots = _roots(args)
     return {n: load_source(n, root=roots[n], strict=not args.lenient_data) for n in parse_mix(args.mix)}
 
 
@@ -88,25 +93,11 @@ def train(args) -> dict:
     set_seed(args.seed)
     cfg = model_config(args)
     family = family_of(cfg)
-    sources = _sources(args)
-    tok = _tokenizer(cfg, sources, run_dir, accelerator)
-    if family.adapt_samples is not None:  # e.g. LISA's merged variant: one target per question
-        sources = {n: family.adapt_samples(cfg, s) for n, s in sources.items()}
-    torch.manual_seed(args.seed)
-    model = build_model(cfg, tokenizer=tok, dtype=None)
-    counts = select_trainable(model, verbose=accelerator.is_main_process)
-    fmt = PromptFormatter(tokenizer=tok, template=cfg.llm.prompt_template,
-                          num_image_tokens=model.num_image_tokens,
-                          block="".join(tok.convert_ids_to_tokens(model.codebook_ids)),
-                          max_length=cfg.llm.max_length)
-    samples = ConcatDataset(list(sources.values()))
     ckpts = list_checkpoints(run_dir) if args.resume else []
-    warm = [] if ckpts else _vision_warmup(args, accelerator, model, samples, tok, run_dir)
+    setup = (_setup_conversations if family.train_data is None else _setup_own_data)(
+        args, accelerator, cfg, family, run_dir, resuming=bool(ckpts))
+    model, warm = setup["model"], setup["warm"]
     warm_secs = warm[-1]["seconds"] if warm else 0.0
-    groups, sizes = _conversations(sources, fmt, turns=args.turns, seed=args.seed)
-    dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=model.input_size,
-                                  mean=cfg.vision.mean, std=cfg.vision.std)
-    accelerator.print(f"{len(samples)} questions in {len(groups)} conversations (up to {args.turns} turns)")
     opt = adamw(param_groups(model, lr=args.lr, head_lr_mult=args.head_lr_mult,
                              vision_lr_mult=args.vision_lr_mult),
                 lr=args.lr, betas=args.betas, weight_decay=args.weight_decay)
@@ -124,13 +115,11 @@ def train(args) -> dict:
         accelerator.print(f"resumed from {ckpts[-1]} at step {step} of {schedule.total}")
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = args.batch_size * world * args.grad_accum
-    lengths = _approx_lengths(samples, cfg.block_len)
-    sampler = MixtureSampler(sizes=sizes, rates=list(parse_mix(args.mix).values()), seed=args.seed,
-                             start=pos, rank=rank, world=world,
-                             lengths=[sum(lengths[i] for i in g) for g in groups],
+    sampler = MixtureSampler(sizes=setup["sizes"], rates=list(parse_mix(args.mix).values()), seed=args.seed,
+                             start=pos, rank=rank, world=world, lengths=setup["lengths"],
                              bucket=args.batch_size * world * args.bucket_batches)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        collate_fn=partial(collate, pad_id=tok.pad_token_id))
+    loader = DataLoader(setup["dataset"], batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        collate_fn=setup["collate"])
     accelerator.init_trackers("pixellm", config={k: str(v) for k, v in vars(args).items()})
     history = _loop(args, accelerator, model, opt, sched, iter(loader), step, global_batch, run_dir,
                     budget_s=args.time_budget * 60 - warm_secs)
@@ -140,8 +129,50 @@ def train(args) -> dict:
         (run_dir / "history.json").write_text(json.dumps(history))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and (multi-process) the process group
-    return {"final": str(final), "history": history, "trainable": counts, "accelerator": accelerator,
+    return {"final": str(final), "history": history, "trainable": setup["counts"], "accelerator": accelerator,
             "steps": schedule.total, "planned_steps": args.steps, "vision_warmup": warm}
+
+
+def _setup_conversations(args, accelerator, cfg, family, run_dir: Path, *, resuming: bool) -> dict:
+    """The LLM families: tokenizer, model, the vision (or SAM) warm-up and the packed
+    conversations of the mix's MUSE-format sources."""
+    sources = _sources(args)
+    tok = _tokenizer(cfg, sources, run_dir, accelerator)
+    if family.adapt_samples is not None:  # e.g. LISA's merged variant: one target per question
+        sources = {n: family.adapt_samples(cfg, s) for n, s in sources.items()}
+    torch.manual_seed(args.seed)
+    model = build_model(cfg, tokenizer=tok, dtype=None)
+    counts = select_trainable(model, verbose=accelerator.is_main_process)
+    fmt = PromptFormatter(tokenizer=tok, template=cfg.llm.prompt_template,
+                          num_image_tokens=model.num_image_tokens,
+                          block="".join(tok.convert_ids_to_tokens(model.codebook_ids)),
+                          max_length=cfg.llm.max_length)
+    samples = ConcatDataset(list(sources.values()))
+    warm = [] if resuming else _vision_warmup(args, accelerator, model, samples, tok, run_dir)
+    groups, sizes = _conversations(sources, fmt, turns=args.turns, seed=args.seed)
+    dataset = ConversationDataset(samples, groups=groups, formatter=fmt, image_size=model.input_size,
+                                  mean=cfg.vision.mean, std=cfg.vision.std)
+    accelerator.print(f"{len(samples)} questions in {len(groups)} conversations (up to {args.turns} turns)")
+    lengths = _approx_lengths(samples, cfg.block_len)
+    return {"model": model, "counts": counts, "warm": warm, "dataset": dataset, "sizes": sizes,
+            "lengths": [sum(lengths[i] for i in g) for g in groups],
+            "collate": partial(collate, pad_id=tok.pad_token_id)}
+
+
+def _setup_own_data(args, accelerator, cfg, family, run_dir: Path, *, resuming: bool) -> dict:
+    """A family without an LLM (LSeg, LTS): its own dataset and collate
+    (:attr:`pixellm.families.Family.train_data`); no tokenizer, no warm-up, no bucketing."""
+    del run_dir, resuming
+    if args.vision_warmup:
+        raise InputError(f"--vision-warmup: the {family.name} family has no warm-up stage")
+    data = family.train_data(cfg, roots=_roots(args), mix=parse_mix(args.mix), seed=args.seed,
+                             strict=not args.lenient_data)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg, tokenizer=data.tokenizer, dtype=None)
+    counts = select_trainable(model, verbose=accelerator.is_main_process)
+    accelerator.print(f"{len(data.dataset)} {data.unit} from {', '.join(parse_mix(args.mix))}")
+    return {"model": model, "counts": counts, "warm": [], "dataset": data.dataset, "sizes": data.sizes,
+            "lengths": None, "collate": data.collate}
 
 
 def _vision_warmup(args, accelerator, model, samples, tok, run_dir: Path) -> list[dict]:
@@ -211,7 +242,8 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir,
         parts_sum: dict[str, float] = {}
         for _ in range(args.grad_accum):
             batch = _to_device(next(it), accelerator.device)
-            questions += count_turns(batch["labels"])
+            # questions (LLM families: answer turns); a family's own items otherwise
+            questions += count_turns(batch["labels"]) if "labels" in batch else len(batch["pixels"])
             with accelerator.accumulate(model):
                 out = model(**batch)
                 loss = _global_mean_loss(accelerator, out)
@@ -310,7 +342,12 @@ def _mean_over_processes(accelerator, parts: dict[str, float]) -> dict[str, floa
 
 
 def _to_device(batch: dict, device) -> dict:
-    return {k: ([x.to(device) for x in v] if isinstance(v, list) else v.to(device)) for k, v in batch.items()}
+    """Tensors (and lists of tensors) to ``device``; anything else (label strings) as is."""
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        return [move(y) for y in x] if isinstance(x, list) else x
+    return {k: move(v) for k, v in batch.items()}
 
 
 

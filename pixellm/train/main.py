@@ -35,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_secs = time.perf_counter() - t0
     if not args.eval_split or not acc.is_main_process:
         return 0
+    from ..checkpoint import read_config
+
+    family = read_config(result["final"])[1]
+    if family.evaluate is not None:  # a family without an LLM reports its own metrics
+        return _own_eval(args, family, result, time.perf_counter() - t0)
     from ..evaluate import evaluate_generation
     from ..families import load_predictor
     from .mixture import load_source
@@ -74,6 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"train {train_secs / 60:.1f} min, {summary['train_samples_per_s']:.1f} sequences/s "
           f"({summary['train_questions_per_s']:.1f} questions/s); "
           f"eval {m['queries_per_s']:.1f} queries/s; model: {result['final']}")
+    return 0
+
+
+def _own_eval(args, family, result: dict, train_secs: float) -> int:
+    from pathlib import Path
+
+    m, text = family.evaluate(result["final"], root=args.shapes_root, split=args.eval_split,
+                              limit=args.eval_limit, progress=not args.no_progress)
+    hist = result["history"]
+    summary = {"train_seconds": train_secs, "steps": result["steps"], "planned_steps": result["planned_steps"],
+               "train_samples_per_s": hist[-1]["samples_per_s"] if hist else None,
+               "eval_split": args.eval_split, "eval": m, "final_checkpoint": result["final"]}
+    Path(args.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(text)
+    print(f"train {train_secs / 60:.1f} min, {result['steps']} steps; model: {result['final']}")
     return 0
 
 

@@ -12,7 +12,8 @@ def trainable_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     for name, (module, _) in model.trainable_components().items():
         ps = list(module.parameters())
         out[name] = (sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps))
-    lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
+    llm = getattr(model, "llm", None)  # families without an LLM (LSeg, LTS) have no adapters
+    lora = [] if llm is None else [p for n, p in llm.named_parameters() if "lora_" in n]
     out["lora"] = (sum(p.numel() for p in lora if p.requires_grad), sum(p.numel() for p in lora))
     return out
 
@@ -35,7 +36,7 @@ def select_trainable(model: nn.Module, *, verbose: bool = True) -> dict[str, tup
             raise AssertionError(f"{name} is configured frozen but has {counts[name][0]} trainable params")
         if full and counts[name][0] != counts[name][1]:
             raise AssertionError(f"{name} must train fully: {counts[name]}")
-    if cfg.llm.lora is not None:
+    if getattr(cfg, "llm", None) is not None and cfg.llm.lora is not None:
         if not counts["lora"][0]:
             raise AssertionError("LoRA is configured but no adapter weight trains")
         base = model.base_llm
