@@ -15,7 +15,7 @@ FLOPS_ARGS ?=
 COMPARE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test lint style train bench bench-ablation compare flops clean
+.PHONY: help install data test lint style train bench bench-ablation compare ablate flops clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-15s %s\n", $$1, $$2}'
@@ -51,18 +51,25 @@ bench-ablation: $(STAMP) ## Also train + bench the ablation variants (5 more tra
 	@test -f $(RUN)/final/config.json || { echo "no trained model at $(RUN)/final: run 'make train' first"; exit 1; }
 	$(BIN)/pixellm-bench --checkpoint $(RUN)/final --data $(DATA) --threads $(JOBS) --ablation --train-args "$(TRAIN_ARGS)" $(BENCH_ARGS)
 
-compare: $(STAMP) ## Train what is missing (pixellm-tiny, lisa-tiny, lisa-tiny-merged; make train's budget each), bench all, report
+compare: $(STAMP) ## Train what is missing (pixellm-tiny, lisa-tiny, lisa-tiny-merged, lseg-tiny, lts-tiny; make train's budget each), bench all, report
 	$(BIN)/pixellm-data --out $(DATA) --if-stale
 	$(BIN)/pixellm-compare --data $(DATA) --runs $(dir $(RUN)) --steps $(TRAIN_STEPS) --time-budget $(TRAIN_BUDGET) --train-args "$(TRAIN_ARGS)" --threads $(JOBS) $(COMPARE_ARGS)
+
+ablate: ABLATE_BUDGET ?= 5
+ablate: $(STAMP) ## LSeg regularisation depth 0/1/2/4 and LTS with/without the position prior (ABLATE_BUDGET min each)
+	$(BIN)/pixellm-data --out $(DATA) --if-stale
+	$(BIN)/pixellm-data --out data/shapes-fresh --seed 1000 --train 0 --val 0 --if-stale
+	$(BIN)/pixellm-ablate --family lseg --data $(DATA) --fresh-data data/shapes-fresh --time-budget $(ABLATE_BUDGET) --threads $(JOBS)
+	$(BIN)/pixellm-ablate --family lts --data $(DATA) --fresh-data data/shapes-fresh --time-budget $(ABLATE_BUDGET) --threads $(JOBS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## Static checks (ruff)
-	$(BIN)/ruff check pixellm codebook decoder muse lisa benchmarks tests
+	$(BIN)/ruff check pixellm codebook decoder muse lisa lseg lts benchmarks tests
 
 style: $(STAMP) ## Apply ruff fixes and formatting of imports
-	$(BIN)/ruff check --fix pixellm codebook decoder muse lisa benchmarks tests
+	$(BIN)/ruff check --fix pixellm codebook decoder muse lisa lseg lts benchmarks tests
 
 clean: ## Remove caches (keeps .venv, data and checkpoints)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

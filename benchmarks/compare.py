@@ -1,7 +1,8 @@
-"""``pixellm-compare``: PixelLM and LISA head to head on the same data, budget, metrics and FLOP
-counter.
+"""``pixellm-compare``: the model families head to head on the same data, budget, metrics and
+FLOP counter.
 
-For each model config (default ``pixellm-tiny``, ``lisa-tiny``, ``lisa-tiny-merged``) it
+For each model config (default ``pixellm-tiny``, ``lisa-tiny``, ``lisa-tiny-merged``,
+``lseg-tiny``, ``lts-tiny``) it
 trains what is missing under ``--runs`` with the same ``pixellm-train`` arguments as
 ``make train`` (same data, seed, step cap and wall-clock budget), benches every checkpoint on
 every split (generation and teacher-forced, the trivial answers scored once per split), counts
@@ -12,7 +13,7 @@ row per model and split, and a verdict in words.
 
 Usage::
 
-    pixellm-compare                                  # trains what is missing, ~1 h on 2 cores
+    pixellm-compare                                  # trains what is missing, ~1.3 h on 2 cores
     pixellm-compare --limit 50 --splits val          # quick look at existing runs
 """
 from __future__ import annotations
@@ -30,16 +31,19 @@ import torch
 
 from pixellm.config import add_model_config, get_model_config
 from pixellm.errors import CheckpointError, ConfigError, InputError
+from pixellm.families import get_family
 
 from .baselines import evaluate_baselines
 from .machine import device_name
 from .runs import training_stats
 from .sources import SHAPES_SPLITS, EvalSet, fresh_sets, muse_sets
 
-DEFAULT_MODELS = ("pixellm-tiny", "lisa-tiny", "lisa-tiny-merged")
+DEFAULT_MODELS = ("pixellm-tiny", "lisa-tiny", "lisa-tiny-merged", "lseg-tiny", "lts-tiny")
 KS = (1, 3, 10)
 CLAIM_SPLITS = ("shapes-test_many", "shapes-multi_ref")  # PixelLM's claim is about many targets
 TIE = 0.01  # gIoU points within which two models count as level
+# the real-scale config of each family without a 7B / 13B one (counted in a note)
+REAL_SCALE = {"lseg": "lseg-vitl16", "lts": "lts-darknet53"}
 # pixellm-train arguments of one family's models only (e.g. "lisa=--vision-warmup 400" adds the
 # SAM pretraining stage of pixellm.lisa.warmup inside the same budget); none by default: every
 # model trains with make train's command.
@@ -117,17 +121,50 @@ def ensure_trained(model: str, args: argparse.Namespace, extra: str = "") -> Pat
 
 # -- quality --------------------------------------------------------------------------------
 def quality_row(predictor, es: EvalSet, args: argparse.Namespace) -> dict:
-    """Generated and teacher-forced scores of one model on one split (flat)."""
+    """Generated and teacher-forced scores of one model on one split (flat). A model without
+    an answer to teacher-force (LSeg labels pixels) gets None there and a ``notes`` entry."""
     from pixellm.evaluate import evaluate_generation, evaluate_teacher_forced
 
+    if hasattr(predictor, "predict_expressions"):  # a referring model (LTS)
+        return referring_row(predictor, es, args)
     kw = dict(batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress)
     gen = evaluate_generation(predictor, es.samples, **kw)
-    tf = evaluate_teacher_forced(predictor.model, es.samples, formatter=predictor.formatter, **kw)
+    notes = {}
+    if hasattr(predictor, "formatter"):
+        tf = evaluate_teacher_forced(predictor.model, es.samples, formatter=predictor.formatter, **kw)
+    else:
+        tf = {"giou": None, "ciou": None}
+        notes["tf_giou"] = notes["tf_ciou"] = ("no answer text to teacher-force: it labels the pixels "
+                                              "of the question as one query label")
     a = gen["all"]
     return dict(split=es.name, n=gen["n"], giou=a["giou"], ciou=a["ciou"], count_acc=a["count_acc"],
                 precision50=a["precision50"], recall50=a["recall50"], tf_giou=tf["giou"], tf_ciou=tf["ciou"],
                 zero_target_rate=gen["zero_target_rate"], n_zero_target=gen["n_zero_target"],
-                queries_per_s=gen["queries_per_s"])
+                queries_per_s=gen["queries_per_s"], notes=notes)
+
+
+REFERRING_SPLITS = ("multi_ref",)  # splits whose questions join referring expressions
+QUALITY = ("n", "giou", "ciou", "count_acc", "precision50", "recall50", "tf_giou", "tf_ciou",
+           "zero_target_rate", "n_zero_target", "queries_per_s")
+
+
+def referring_row(predictor, es: EvalSet, args: argparse.Namespace) -> dict:
+    """A referring model's row: on a multi-referring split each expression is run alone and
+    the set scored (gIoU, cIoU...), and each expression's mask against its own target (the
+    teacher-forced columns: order-aligned, as the LLM families' true answers are fed); other
+    splits ask reasoning questions it cannot answer: None there, the reason in ``notes``."""
+    from pixellm.lts.evaluate import evaluate_expressions
+
+    if not es.name.endswith(REFERRING_SPLITS):
+        why = "a referring model: this split asks reasoning questions, not referring expressions"
+        return dict(split=es.name, **{k: None for k in QUALITY}, notes={"giou": why})
+    r = evaluate_expressions(predictor, es.samples, limit=args.limit, progress=not args.no_progress)
+    a = r["all"]
+    return dict(split=es.name, n=r["n"], giou=a["giou"], ciou=a["ciou"], count_acc=a["count_acc"],
+                precision50=a["precision50"], recall50=a["recall50"], tf_giou=r["aligned"]["giou"],
+                tf_ciou=r["aligned"]["ciou"], zero_target_rate=None, n_zero_target=0,
+                queries_per_s=r["queries_per_s"],
+                notes={"zero_target_rate": "a referring split has no zero-target question"})
 
 
 def trivial_scores(sets: list[EvalSet], args: argparse.Namespace) -> dict[str, dict]:
@@ -153,6 +190,8 @@ def compute_costs(model: str, sizes: list[str], *, repeats: int) -> dict:
     from .flops import build_pipeline, config_pipeline, count_query
 
     cfg = get_model_config(model)
+    if get_family(cfg.family).train_data is not None:  # no LLM: the dense harness
+        return _dense_costs(model, cfg, sizes, repeats=repeats)
     merged = bool(getattr(cfg, "merge_targets", False))
     budget, out = QueryBudget(), {}
     out["tflops"] = {"tiny": {r["k"]: r["total"] / 1e12 for r in count_query(config_pipeline(model), budget, list(KS))}}
@@ -165,12 +204,35 @@ def compute_costs(model: str, sizes: list[str], *, repeats: int) -> dict:
     return out
 
 
+def _dense_costs(model: str, cfg, sizes: list[str], *, repeats: int) -> dict:
+    """:func:`compute_costs` for a family without an LLM: its tiny config, its own real-scale
+    config in a note (it has no 7B / 13B), and the latency of its query passes."""
+    from .dense import query_flops, query_ms
+
+    out = {"tflops": {"tiny": {k: f / 1e12 for k, f in query_flops(model, list(KS)).items()}}, "notes": {}}
+    real = REAL_SCALE.get(cfg.family)
+    real_text = "" if not real or not sizes else (
+        f"; its real-scale config {real} costs "
+        + " / ".join(f"{f / 1e12:.2f}" for f in query_flops(real, list(KS)).values())
+        + f" TFLOPs per query at K = {' / '.join(map(str, KS))}")
+    for size in sizes:
+        out["tflops"][size] = None
+        out["notes"][f"tflops_{size}"] = f"no {size.upper()} config{real_text}"
+    out["latency_ms"] = query_ms(model, list(KS), device=torch.device("cpu"), repeats=repeats)
+    return out
+
+
 def flat_row(model: str, q: dict, trivial: dict, train: dict | None, cost: dict) -> dict:
-    """One JSON row: model, split, quality, the split's trivial answers, training, compute."""
+    """One JSON row: model, split, quality, the split's trivial answers, training, compute;
+    ``notes``: why a field is None (e.g. a split or a scale the family cannot answer)."""
     row = {"model": model, **q, **trivial,
            "train_seconds": train and train.get("train_seconds"), "train_steps": train and train.get("steps")}
+    row["notes"] = {**q.get("notes", {}), **cost.get("notes", {})}
     for size, by_k in cost["tflops"].items():
         prefix = "tflops" if size == "tiny" else f"tflops_{size}"
+        if by_k is None:
+            row.update({f"{prefix}_k{k}": None for k in KS})
+            continue
         row.update({f"{prefix}_k{k}": v for k, v in by_k.items()})
     row.update({f"latency_ms_k{k}": v for k, v in cost["latency_ms"].items()})
     return row
@@ -181,7 +243,10 @@ def split_winners(rows: list[dict]) -> list[dict]:
     """Per split: the model with the highest generated gIoU and its lead over the runner-up."""
     out = []
     for split in dict.fromkeys(r["split"] for r in rows):
-        ranked = sorted((r for r in rows if r["split"] == split), key=lambda r: -_num(r["giou"]))
+        ranked = sorted((r for r in rows if r["split"] == split and r["giou"] is not None),
+                        key=lambda r: -_num(r["giou"]))
+        if not ranked:
+            continue
         first, second = ranked[0], ranked[1] if len(ranked) > 1 else None
         out.append(dict(split=split, winner=first["model"], giou=first["giou"], ciou=first["ciou"],
                         runner_up=second and second["model"],
@@ -261,7 +326,7 @@ def _table(header: list[str], rows: list[list], *, left: int = 2) -> list[str]:
 def to_markdown(report: dict) -> str:
     """The report as Markdown: quality per model and split, compute per model, the verdict."""
     meta, rows = report["meta"], report["rows"]
-    q = [[r["model"], r["split"].removeprefix("shapes-"), r["n"], _f(r["giou"]), _f(r["ciou"]),
+    q = [[r["model"], r["split"].removeprefix("shapes-"), "-" if r["n"] is None else r["n"], _f(r["giou"]), _f(r["ciou"]),
           _f(r["count_acc"]), _f(r["precision50"]), _f(r["recall50"]), _f(r["tf_giou"]), _f(r["tf_ciou"]),
           _f(r["zero_target_rate"]), f"{_f(r['trivial_giou'])} / {_f(r['trivial_ciou'])}"] for r in rows]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -280,7 +345,7 @@ def to_markdown(report: dict) -> str:
             for w in report["winners"]]
     size_cols = [f"{s.upper()} K={k}" for s in sizes for k in KS]
     lines = [
-        "# PixelLM vs LISA, head to head", "",
+        "# The model families, head to head", "",
         f"Same data ({meta['data']}), same training command and wall-clock budget "
         f"({meta['time_budget']} min, at most {meta['steps']} steps; each family's own stage inside it: "
         f"{_family_text(meta.get('family_args') or {})}), same metrics, same FLOP counter. "
@@ -301,7 +366,21 @@ def to_markdown(report: dict) -> str:
         "per query of the tiny config on this CPU, random weights.", "",
         *_table(["model", "train min", "steps", *(f"tiny GFLOPs K={k}" for k in KS), *size_cols,
                  *(f"ms K={k}" for k in KS)], c, left=1)]
+    notes = _notes(rows)
+    if notes:
+        lines += ["", "Fields marked - above, and why:", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _notes(rows: list[dict]) -> list[str]:
+    """One line per model and reason: the fields a model leaves empty, and why."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        for field, why in (r.get("notes") or {}).items():
+            fields = by.setdefault((r["model"], why), [])
+            if field not in fields:
+                fields.append(field)
+    return [f"- {m}, {', '.join(fields)}: {why}." for (m, why), fields in by.items()]
 
 
 def _family_text(extra: dict[str, str]) -> str:
@@ -334,7 +413,7 @@ def plot(report: dict, path: Path) -> None:
     prefix = "tflops" if size == "tiny" else f"tflops_{size}"
     first = {r["model"]: r for r in rows}
     for i, m in enumerate(models):
-        bx.bar([j + i * w for j in range(len(KS))], [first[m][f"{prefix}_k{k}"] for k in KS], w, label=m)
+        bx.bar([j + i * w for j in range(len(KS))], [_num(first[m][f"{prefix}_k{k}"]) for k in KS], w, label=m)
     bx.set_xticks([j + 0.4 - w / 2 for j in range(len(KS))], [f"K={k}" for k in KS])
     bx.set(ylabel="TFLOPs per query", title=f"compute at {size.upper()}")
     fig.tight_layout()

@@ -12,13 +12,13 @@ TRAIN = "--batch-size 4 --warmup 1 --lr 3e-3 --eval-split '' --threads 1 --seed 
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, shapes, micro_cfg, micro_lisa_cfg):
+def compared(tmp_path_factory, shapes, micro_cfg, micro_lisa_cfg, micro_lseg_cfg, micro_lts_cfg):
     tmp = tmp_path_factory.mktemp("compare")
     merged = tmp / "lisa-micro-merged.json"
     merged.write_text(json.dumps({**json.loads(micro_lisa_cfg.read_text()), "name": "lisa-micro-merged",
                                   "merge_targets": True}))
-    argv = ["--models", str(micro_cfg), str(micro_lisa_cfg), str(merged), "--runs", str(tmp / "runs"),
-            "--data", str(shapes), "--splits", "val", "test_many", "--time-budget", "0", "--steps", "3",
+    argv = ["--models", str(micro_cfg), str(micro_lisa_cfg), str(merged), str(micro_lseg_cfg), str(micro_lts_cfg), "--runs", str(tmp / "runs"),
+            "--data", str(shapes), "--splits", "val", "test_many", "multi_ref", "--time-budget", "0", "--steps", "3",
             "--train-args", TRAIN, "--family-args", "lisa=--vision-warmup 3 --vision-warmup-batch 2", "--sizes", "--repeats", "1", "--out", str(tmp / "out"), "--no-progress",
             "--batch-size", "4"]
     assert main(argv) == 0
@@ -32,15 +32,28 @@ def test_report_has_one_row_per_model_and_split(compared, shapes):
     assert stem.startswith("compare_cpu_float32_torch") and files == [f"{stem}.json", f"{stem}.md", f"{stem}.png"]
     report = json.loads((tmp / "out" / f"{stem}.json").read_text())
     rows = report["rows"]
-    models = ["pixellm-micro-test", "lisa-micro-test", "lisa-micro-merged"]
-    assert [(r["model"], r["split"]) for r in rows] == [(m, s) for m in models for s in ("shapes-val", "shapes-test_many")]
+    models = ["pixellm-micro-test", "lisa-micro-test", "lisa-micro-merged", "lseg-micro-test", "lts-micro-test"]
+    splits = ("shapes-val", "shapes-test_many", "shapes-multi_ref")
+    assert [(r["model"], r["split"]) for r in rows] == [(m, s) for m in models for s in splits]
     from pixellm.muse import load_split
 
     val_n = len(load_split(shapes, "val"))
     for r in rows:
         assert {"giou", "ciou", "tflops_k3", "latency_ms_k3", "tf_giou", "trivial_giou", "train_steps"} <= set(r)
-        assert 0 <= r["giou"] <= 1 and 0 <= r["tf_giou"] <= 1 and r["train_steps"] == 3
-        assert r["tflops_k1"] < r["tflops_k3"] < r["tflops_k10"] and r["latency_ms_k3"] > 0
+        assert r["train_steps"] == 3 and r["latency_ms_k3"] > 0
+        if r["model"] == "lts-micro-test":  # a referring model: one pass per expression
+            assert r["tflops_k1"] * 3 == pytest.approx(r["tflops_k3"]) and r["tflops_k1"] > 0
+            if r["split"] != "shapes-multi_ref":  # reasoning questions: not answered, and why
+                assert r["giou"] is None and r["n"] is None and "referring model" in r["notes"]["giou"]
+                continue
+            assert 0 <= r["giou"] <= 1 and 0 <= r["tf_giou"] <= 1
+            continue
+        assert 0 <= r["giou"] <= 1
+        if r["model"] == "lseg-micro-test":  # one pass per question, no answer to teacher-force
+            assert r["tflops_k1"] == r["tflops_k3"] == r["tflops_k10"] > 0 and r["tf_giou"] is None
+            assert "teacher-force" in r["notes"]["tf_giou"]
+        else:
+            assert 0 <= r["tf_giou"] <= 1 and r["tflops_k1"] < r["tflops_k3"] < r["tflops_k10"]
         assert 0 < r["trivial_giou"] <= 1 and math.isfinite(r["count_acc"])
         assert r["n"] == (val_n if r["split"] == "shapes-val" else r["n"]) > 0
     by = {(r["model"], r["split"]): r for r in rows}
@@ -53,8 +66,11 @@ def test_report_has_one_row_per_model_and_split(compared, shapes):
     assert report["winners"][0]["split"] == "shapes-val"
     # the LISA runs ran their family's stage (SAM on point prompts) inside the budget; PixelLM's none
     warm = {m: (tmp / "runs" / m / "vision_warmup.json").is_file() for m in models}
-    assert warm == {"pixellm-micro-test": False, "lisa-micro-test": True, "lisa-micro-merged": True}
+    assert warm == {"pixellm-micro-test": False, "lisa-micro-test": True, "lisa-micro-merged": True,
+                    "lseg-micro-test": False, "lts-micro-test": False}
     assert "lisa `--vision-warmup 3 --vision-warmup-batch 2`" in md
+    assert "Fields marked - above, and why:" in md and "- lseg-micro-test, tf_giou, tf_ciou: no answer text" in md
+    assert "- lts-micro-test, giou: a referring model" in md
 
 
 def test_existing_runs_are_reused(compared, capsys):

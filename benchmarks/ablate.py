@@ -1,0 +1,174 @@
+"""``pixellm-ablate``: the LSeg and LTS ablations, each variant trained with the same command
+and budget, then scored on the same splits.
+
+- ``--family lseg``: spatial regularisation depth 0 / 1 / 2 / 4 (the paper's unexplained
+  collapse at 4 blocks), scored as seen / unseen-composition / unseen-word mIoU with binary
+  ``["other", label]`` sets (:mod:`pixellm.lseg.evaluate`);
+- ``--family lts``: with and without the position prior (the paper's central claim), scored on
+  the multi-referring split: order-aligned and set gIoU / cIoU (:mod:`pixellm.lts.evaluate`).
+
+Variants are the family's tiny config with one field changed, written as JSON beside their run
+(``RUNS/<variant>/``); an existing run is reused. Writes
+``ablation_<family>_<device>_<dtype>_torch<ver>.{json,md}`` under ``--out``.
+
+Usage::
+
+    pixellm-ablate --family lseg --time-budget 5     # 4 runs of 5 minutes, then scoring
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pixellm.checkpoint import from_pretrained
+from pixellm.config import get_model_config
+from pixellm.errors import CheckpointError, ConfigError, InputError
+
+from .machine import device_name
+
+VARIANTS = {
+    "lseg": ("lseg-tiny", "reg_blocks", [0, 1, 2, 4]),
+    "lts": ("lts-tiny", "use_prior", [True, False]),
+}
+SPLITS = {"lseg": ["val", "test"], "lts": ["multi_ref"]}
+FRESH_SPLITS = {"lseg": ["test"], "lts": ["multi_ref"]}  # a fresh-seed dataset has test images only
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pixellm-ablate", description=__doc__.split("\n")[0])
+    p.add_argument("--family", choices=sorted(VARIANTS), required=True)
+    p.add_argument("--runs", type=Path, default=Path("checkpoints/ablation"))
+    p.add_argument("--data", type=Path, default=Path("data/shapes"))
+    p.add_argument("--fresh-data", type=Path, default=None, help="fresh-seed dataset, scored too")
+    p.add_argument("--splits", nargs="+", default=None, help="default: lseg val test; lts multi_ref")
+    p.add_argument("--time-budget", type=float, default=5.0, help="training minutes per variant")
+    p.add_argument("--steps", type=int, default=8000, help="step cap per variant")
+    p.add_argument("--train-args", default="", help="more pixellm-train arguments, the same for every variant")
+    p.add_argument("--limit", type=int, default=0, help="images (lseg) / questions (lts) per split (0: all)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def variant_configs(family: str, runs: Path) -> dict[str, Path]:
+    """variant name -> its config JSON (written under ``runs``)."""
+    base, field, values = VARIANTS[family]
+    out = {}
+    for v in values:
+        d = get_model_config(base).to_dict()
+        d[field] = v
+        name = f"{base}-{field.replace('_', '-')}-{str(v).lower()}"
+        d["name"] = name
+        path = runs / name / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(d, indent=2))
+        out[name] = path
+    return out
+
+
+def train_variant(name: str, config: Path, args: argparse.Namespace) -> Path:
+    """The final checkpoint of a variant, trained first when missing."""
+    run = args.runs / name
+    final = run / "final"
+    if (final / "config.json").is_file():
+        print(f"ablate: reusing {final}", flush=True)
+        return final
+    from pixellm.train.main import main as train_main
+
+    argv = ["--model", str(config), "--shapes-root", str(args.data), "--out", str(run), "--steps", str(args.steps),
+            "--time-budget", str(args.time_budget), "--eval-split", "", *shlex.split(args.train_args),
+            *(("--no-progress",) if args.no_progress else ())]
+    print(f"ablate: pixellm-train {shlex.join(argv)}", flush=True)
+    if train_main(argv) != 0:
+        raise RuntimeError(f"training {name} failed")
+    return final
+
+
+def score(family: str, final: Path, root: Path, split: str, args: argparse.Namespace) -> dict:
+    """One variant on one split: LSeg's mIoU groups or LTS's aligned / set scores (flat)."""
+    progress = not args.no_progress
+    if family == "lseg":
+        from pixellm.lseg.evaluate import evaluate_split
+
+        r = evaluate_split(from_pretrained(final), root, split, limit=args.limit, progress=progress,
+                           train_root=args.data)
+        return {g: v["miou"] for g, v in r["groups"].items()} | {
+            f"{g} labels": v["labels"] for g, v in r["groups"].items()}
+    from pixellm.lts import LTSPredictor
+    from pixellm.lts.evaluate import evaluate_expressions
+    from pixellm.muse import load_split
+
+    r = evaluate_expressions(LTSPredictor.from_pretrained(final), load_split(root, split), limit=args.limit,
+                             progress=progress)
+    return {"aligned gIoU": r["aligned"]["giou"], "aligned cIoU": r["aligned"]["ciou"],
+            "set gIoU": r["all"]["giou"], "set cIoU": r["all"]["ciou"], "expressions": r["n_expressions"]}
+
+
+def to_markdown(report: dict) -> str:
+    m, rows = report["meta"], report["rows"]
+    keys = [k for k in rows[0] if k not in ("variant", "split", "data", "steps", "train_seconds")]
+    head = ["variant", "data", "split", "steps", *keys]
+    lines = [f"# {m['family']} ablation: {m['field']}", "",
+             f"Each variant: `pixellm-train` with a {m['time_budget']}-minute budget (at most {m['steps']} steps) "
+             f"on {m['data']}. Device: {m['device_name']}; torch {m['torch']}; {m['date']}; wall time "
+             f"{m['wall_minutes']:.1f} min. Command: `{m['command']}`.", "",
+             "| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+    for r in rows:
+        vals = [r["variant"], r["data"], r["split"], r["steps"],
+                *(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys)]
+        lines.append("| " + " | ".join(map(str, vals)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    splits = args.splits or SPLITS[args.family]
+    try:
+        configs = variant_configs(args.family, args.runs)
+        finals = {n: train_variant(n, c, args) for n, c in configs.items()}
+        rows = []
+        for name, final in finals.items():
+            hist = json.loads((final.parent / "history.json").read_text())
+            for label, root in (("data", args.data), ("fresh", args.fresh_data)):
+                if root is None:
+                    continue
+                for split in splits if label == "data" else FRESH_SPLITS[args.family]:
+                    print(f"ablate: {name} on {label} {split}", flush=True)
+                    rows.append({"variant": name, "data": label, "split": split, "steps": len(hist),
+                                 **score(args.family, final, root, split, args)})
+    except (ConfigError, InputError, CheckpointError) as e:
+        print(f"pixellm-ablate: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"pixellm-ablate: {e}", file=sys.stderr)
+        return 1
+    base, field, _ = VARIANTS[args.family]
+    meta = dict(family=args.family, field=field, base=base, time_budget=args.time_budget, steps=args.steps,
+                data=str(args.data), device_name=device_name(torch.device("cpu")),
+                torch=torch.__version__.split("+")[0], date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                wall_minutes=(time.perf_counter() - start) / 60,
+                command=" ".join(["pixellm-ablate", *(sys.argv[1:] if argv is None else argv)]))
+    report = {"meta": meta, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"ablation_{args.family}_cpu_float32_torch{meta['torch']}"
+    from .report import _clean
+
+    stem.with_suffix(".json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    stem.with_suffix(".md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    print(f"wrote {stem}.json, {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
