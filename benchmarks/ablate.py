@@ -99,8 +99,9 @@ def score(family: str, final: Path, root: Path, split: str, args: argparse.Names
 
         r = evaluate_split(from_pretrained(final), root, split, limit=args.limit, progress=progress,
                            train_root=args.data)
-        return {g: v["miou"] for g, v in r["groups"].items()} | {
-            f"{g} labels": v["labels"] for g, v in r["groups"].items()}
+        out = {g: v["miou"] for g, v in r["groups"].items()}
+        seen = r["groups"].get("seen", {}).get("by_kind", {})
+        return out | {f"seen {k}": v for k, v in seen.items()}
     from pixellm.lts import LTSPredictor
     from pixellm.lts.evaluate import evaluate_expressions
     from pixellm.muse import load_split

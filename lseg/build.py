@@ -62,7 +62,7 @@ def train_data(cfg: LSegConfig, *, roots: dict, mix: dict, seed: int, strict: bo
         InputError: a mix source other than ``shapes`` (LVIS-format files are what LSeg reads),
             or a missing file.
     """
-    del seed, strict  # the items are deterministic; LVIS files are parsed whole by the lvis package
+    del strict  # LVIS files are parsed whole by the lvis package
     other = [name for name in mix if name != "shapes"]
     if other:
         raise InputError(f"the lseg family trains on the LVIS instances of the shapes root; "
@@ -71,7 +71,7 @@ def train_data(cfg: LSegConfig, *, roots: dict, mix: dict, seed: int, strict: bo
     if not root:
         raise InputError("the lseg family needs --shapes-root (its lvis_instances_train.json)")
     source = LabelMapSource(Path(root) / "lvis_instances_train.json")
-    data = LabelMapDataset(source, image_size=cfg.input_size, mean=cfg.vision.mean, std=cfg.vision.std)
+    data = LabelMapDataset(source, image_size=cfg.input_size, mean=cfg.vision.mean, std=cfg.vision.std, seed=seed)
     return TrainData(dataset=data, collate=collate_label_maps, sizes=[len(data)], unit="label maps")
 
 

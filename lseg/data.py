@@ -148,15 +148,27 @@ def paint(masks: torch.Tensor, object_labels: Sequence[str | None], labels: Sequ
 class LabelMapDataset(torch.utils.data.Dataset):
     """Training items: (image, kind) pairs, every image once per kind it has labels of.
 
+    An item's label set is the kind's whole seen vocabulary, or (with probability ``subset``)
+    a few of its labels: 1-3 of those present in the image and 0-2 absent ones. Pixels of an
+    object whose label is left out are ``"other"``, so ``"other"`` learns to mean "none of
+    the labels asked", as the binary ``["other", label]`` sets of the zero-shot protocol use it,
+    not only "background". The choice is seeded by ``seed`` and the item's index.
+
     Args:
         source: a :class:`LabelMapSource` (the training split). image_size, mean, std: the
             input side and normalisation. kinds: the label kinds trained (default all the
             source has). exclude: labels never trained on (pixels of such an object count as
             ``"other"``; the generated training images hold no held-out pair anyway).
+        subset: probability of a sampled label subset (0: always the whole vocabulary).
+        seed: the subsets' seed.
     """
 
     def __init__(self, source: LabelMapSource, *, image_size: int, mean: list[float], std: list[float],
-                 kinds: Sequence[str] = KINDS, exclude: Sequence[str] = ()) -> None:
+                 kinds: Sequence[str] = KINDS, exclude: Sequence[str] = (), subset: float = 0.5,
+                 seed: int = 0) -> None:
+        if not 0.0 <= subset <= 1.0:
+            raise ValueError(f"subset must be in [0, 1], got {subset}")
+        self.subset, self.seed = subset, seed
         self.source, self.image_size, self.mean, self.std = source, image_size, mean, std
         self.kinds = [k for k in kinds if source.has_kind(k)]
         if not self.kinds or not len(source):
@@ -174,8 +186,25 @@ class LabelMapDataset(torch.utils.data.Dataset):
         pre = resize_longest_and_pad(load_image(self.source.image_path(i)), size=self.image_size,
                                      mean=self.mean, std=self.std)
         masks = resize_mask_to_input(self.source.masks(i), size=self.image_size)
-        labels = self.label_sets[kind]
-        return LabelItem(pre.pixels, labels, paint(masks, self.source.labels(i, kind), labels, pre.valid_size))
+        objects = self.source.labels(i, kind)
+        labels = self.label_set(idx, kind, objects)
+        return LabelItem(pre.pixels, labels, paint(masks, objects, labels, pre.valid_size))
+
+    def label_set(self, idx: int, kind: str, objects: Sequence[str | None]) -> list[str]:
+        """Item ``idx``'s label set (``"other"`` first): the whole vocabulary of ``kind``, or a
+        seeded subset of it (see the class)."""
+        vocab = self.label_sets[kind]
+        rng = np.random.default_rng((self.seed, idx))
+        if rng.random() >= self.subset:
+            return vocab
+        present = sorted({lab for lab in objects if lab in vocab[1:]})
+        absent = [lab for lab in vocab[1:] if lab not in present]
+        chosen = []
+        if present:
+            chosen += list(rng.choice(present, size=int(rng.integers(1, min(3, len(present)) + 1)), replace=False))
+        if absent:
+            chosen += list(rng.choice(absent, size=min(int(rng.integers(0, 3)), len(absent)), replace=False))
+        return [OTHER] + sorted(str(c) for c in chosen) if chosen else vocab
 
 
 def collate_label_maps(batch: list[LabelItem]) -> dict:

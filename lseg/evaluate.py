@@ -102,8 +102,9 @@ def evaluate_split(model, root: str | Path, split: str, *, limit: int = 0, progr
     no training images, so give the training data's root there).
 
     Returns:
-        ``{"split", "groups": {group: {"miou", "labels": n, "per_label": {...}}}}`` for the
-        groups of :func:`label_queries` (all unless ``groups`` names some).
+        ``{"split", "groups": {group: {"miou", "labels": n, "by_kind": {kind: mIoU},
+        "per_label": {...}}}}`` for the groups of :func:`label_queries` (all unless ``groups``
+        names some).
     """
     root = Path(root)
     source = LabelMapSource(root / f"lvis_instances_{split}.json")
@@ -114,13 +115,16 @@ def evaluate_split(model, root: str | Path, split: str, *, limit: int = 0, progr
         if groups is not None and group not in groups or not queries:
             continue
         res = label_ious(model, source, queries, limit=limit, progress=progress)
-        out["groups"][group] = {"miou": miou(res), "labels": len(res), "per_label": res}
+        by_kind = {k: miou({q: r for q, r in res.items() if queries[q][0] == k}) for k in KINDS
+                   if any(queries[q][0] == k for q in res)}
+        out["groups"][group] = {"miou": miou(res), "labels": len(res), "by_kind": by_kind, "per_label": res}
     return out
 
 
 def table(result: dict) -> str:
     """A Markdown table of :func:`evaluate_split`'s groups."""
-    rows = ["| split | labels | n | mIoU |", "|---|---|---:|---:|"]
+    rows = ["| split | labels | n | mIoU | by kind of label |", "|---|---|---:|---:|---|"]
     for group, g in result["groups"].items():
-        rows.append(f"| {result['split']} | {group} | {g['labels']} | {g['miou']:.3f} |")
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in g.get("by_kind", {}).items())
+        rows.append(f"| {result['split']} | {group} | {g['labels']} | {g['miou']:.3f} | {kinds} |")
     return "\n".join(rows)

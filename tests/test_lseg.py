@@ -167,7 +167,7 @@ def test_paint_later_objects_win_and_padding_is_ignored():
 
 def test_label_map_dataset_from_generated_lvis(shapes):
     src = LabelMapSource(shapes / "lvis_instances_train.json")
-    data = LabelMapDataset(src, image_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    data = LabelMapDataset(src, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, subset=0.0)
     assert data.kinds == ["category", "colour", "pair"] and len(data) == 3 * len(src)
     held = json.loads((shapes / "meta.json").read_text())["held_out_pairs"]
     assert not {f"{c} {s}" for c, s in held} & set(data.label_sets["pair"])  # never in training images
@@ -180,6 +180,24 @@ def test_label_map_dataset_from_generated_lvis(shapes):
         for m, lab in zip(masks, labels):
             assert (item.target[torch.from_numpy(m)] == item.labels.index(lab)).all()
         assert (item.target[~torch.from_numpy(masks.any(0))] == 0).all()
+
+
+def test_label_subsets_make_other_mean_none_of_the_asked_labels(shapes):
+    src = LabelMapSource(shapes / "lvis_instances_train.json")
+    data = LabelMapDataset(src, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, subset=1.0, seed=3)
+    again = LabelMapDataset(src, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, subset=1.0, seed=3)
+    for idx in range(6):
+        item, kind = data[idx], data.kinds[idx % len(data.kinds)]
+        assert item.labels == again[idx].labels  # seeded by the index
+        objects = src.labels(idx // len(data.kinds), kind)
+        asked = set(item.labels[1:])
+        assert item.labels[0] == OTHER and asked <= set(data.label_sets[kind])
+        assert 1 <= len(asked & set(objects)) <= 3 and len(asked - set(objects)) <= 2
+        for m, lab in zip(src.masks(idx // len(data.kinds)), objects):
+            expect = item.labels.index(lab) if lab in asked else 0  # left out: "other"
+            assert (item.target[torch.from_numpy(m)] == expect).all()
+    with pytest.raises(ValueError, match="subset"):
+        LabelMapDataset(src, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, subset=1.5)
 
 
 def test_label_map_source_errors(tmp_path):

@@ -280,7 +280,7 @@ def _loop(args, accelerator, model, opt, sched, it, step, global_batch, run_dir,
         history.append(rec)
         if step % args.log_every == 0 or step == schedule.total:
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
-        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "phrase", "region", "lr", "questions_per_s") if k in rec})
+        bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("ce", "bce", "dice", "refine", "phrase", "region", "seg", "locate", "lr", "questions_per_s") if k in rec})
         bar.update(1)
         if throttle:
             time.sleep(throttle)
