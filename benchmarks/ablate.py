@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from pixellm.checkpoint import from_pretrained
-from pixellm.config import get_model_config
+from pixellm.config import add_model_config, get_model_config
 from pixellm.errors import CheckpointError, ConfigError, InputError
 
 from .machine import device_name
@@ -43,6 +43,8 @@ FRESH_SPLITS = {"lseg": ["test"], "lts": ["multi_ref"]}  # a fresh-seed dataset 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixellm-ablate", description=__doc__.split("\n")[0])
     p.add_argument("--family", choices=sorted(VARIANTS), required=True)
+    p.add_argument("--base", default=None, help="the config varied: a registered name or a JSON path "
+                                                "(default: lseg-tiny / lts-tiny)")
     p.add_argument("--runs", type=Path, default=Path("checkpoints/ablation"))
     p.add_argument("--data", type=Path, default=Path("data/shapes"))
     p.add_argument("--fresh-data", type=Path, default=None, help="fresh-seed dataset, scored too")
@@ -57,9 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def variant_configs(family: str, runs: Path) -> dict[str, Path]:
-    """variant name -> its config JSON (written under ``runs``)."""
-    base, field, values = VARIANTS[family]
+def variant_configs(family: str, runs: Path, base: str | None = None) -> dict[str, Path]:
+    """variant name -> its config JSON (written under ``runs``): ``base`` (default the
+    family's tiny config) with the ablated field set to each value."""
+    default, field, values = VARIANTS[family]
+    base = base or default
+    if base.endswith(".json"):
+        base = add_model_config(base)
+    if get_model_config(base).family != family:
+        raise ConfigError(f"--base {base} is not a {family} config")
     out = {}
     for v in values:
         d = get_model_config(base).to_dict()
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     splits = args.splits or SPLITS[args.family]
     try:
-        configs = variant_configs(args.family, args.runs)
+        configs = variant_configs(args.family, args.runs, args.base)
         finals = {n: train_variant(n, c, args) for n, c in configs.items()}
         rows = []
         for name, final in finals.items():
@@ -153,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"pixellm-ablate: {e}", file=sys.stderr)
         return 1
-    base, field, _ = VARIANTS[args.family]
+    default, field, _ = VARIANTS[args.family]
+    base = args.base or default
     meta = dict(family=args.family, field=field, base=base, time_budget=args.time_budget, steps=args.steps,
                 data=str(args.data), device_name=device_name(torch.device("cpu")),
                 torch=torch.__version__.split("+")[0], date=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -161,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                 command=" ".join(["pixellm-ablate", *(sys.argv[1:] if argv is None else argv)]))
     report = {"meta": meta, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"ablation_{args.family}_cpu_float32_torch{meta['torch']}"
+    stem = f"ablation_{args.family}_cpu_float32_torch{meta['torch']}"  # no with_suffix: "2.14.1"
     from .report import _clean
 
-    stem.with_suffix(".json").write_text(json.dumps(_clean(report), indent=2) + "\n")
-    stem.with_suffix(".md").write_text(to_markdown(report))
+    (args.out / f"{stem}.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(to_markdown(report))
     print(to_markdown(report))
-    print(f"wrote {stem}.json, {stem}.md")
+    print(f"wrote {args.out / stem}.json, {args.out / stem}.md")
     return 0
 
 

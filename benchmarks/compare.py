@@ -424,8 +424,8 @@ def plot(report: dict, path: Path) -> None:
 def write_outputs(report: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     meta = report["meta"]
-    stem = out / f"compare_{meta['device']}_{meta['dtype']}_torch{meta['torch']}"
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
+    stem = f"compare_{meta['device']}_{meta['dtype']}_torch{meta['torch']}"  # not with_suffix: "2.14.1"
+    paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
     from .report import _clean
 
     paths[0].write_text(json.dumps(_clean(report), indent=2) + "\n")

@@ -1,8 +1,8 @@
 """LISA's warm-up stage: pretrain SAM as a promptable segmenter before the LISA run.
 
 LISA starts from SAM pretrained on SA-1B; a from-scratch tiny SAM trained only through the
-``[SEG]`` prompts stays on the empty-mask plateau (docs/experiments.md, issue 23). This stage is
-the tiny analogue of that pretraining, on the training scenes themselves: each target mask is
+``[SEG]`` prompts leaves the empty-mask plateau slowly (docs/experiments.md, issue 23). This
+stage is the tiny analogue of that pretraining, on the training scenes themselves: each target mask is
 prompted with one positive point drawn inside it, and SAM (image encoder, prompt encoder, mask
 decoder) learns to return the mask, with the LISA run's mask loss (BCE + Dice + IoU head).
 ``pixellm-train --vision-warmup STEPS`` runs it for a LISA model; its time counts against

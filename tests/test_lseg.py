@@ -337,3 +337,30 @@ def test_cli_labels_and_questions_with_an_lseg_checkpoint(model, tmp_path, capsy
     assert "labelled 'red shapes'" in capsys.readouterr().out
     assert predict_main([str(tmp_path / "img.png"), "--labels", "red,red", "--checkpoint", str(tmp_path / "ckpt")]) == 2
     assert "duplicate labels" in capsys.readouterr().err
+
+
+def test_open_clip_text_tower_loads_saved_weights(tmp_path):
+    """The real-scale text side: an open_clip text tower by name, weights from a file."""
+    import open_clip
+
+    from pixellm.lseg import TextEncoderSpec
+
+    clip_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                                "patch_size": 16},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}}
+    open_clip.factory._MODEL_CONFIGS["lseg-test-clip"] = clip_cfg
+    torch.manual_seed(0)
+    clip = open_clip.create_model("lseg-test-clip")
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    spec = TextEncoderSpec(kind="open_clip", name_or_path="lseg-test-clip", pretrained=str(tmp_path / "clip.pt"),
+                           config=clip_cfg)
+    enc = FrozenTextEncoder(spec)
+    assert enc.width == 16 and not hasattr(enc.encoder, "visual")
+    with torch.no_grad():
+        direct = clip.encode_text(open_clip.get_tokenizer("lseg-test-clip")(["red ring"]))[0]
+    assert torch.allclose(enc(["red ring"])[0], direct, atol=1e-5)
+    # an LSeg of width C = the tower's uses it as is, as the paper (no learned map)
+    m = build_model(micro(text={"kind": "open_clip", "name_or_path": "lseg-test-clip", "pretrained": None,
+                                "config": clip_cfg}))
+    assert isinstance(m.text_projection, torch.nn.Identity)
+    assert m(torch.randn(1, 3, 32, 32), [["other", "ring"]]).logits[0].shape == (2, 32, 32)
