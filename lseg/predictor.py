@@ -17,7 +17,7 @@ from scipy import ndimage
 from pixellm.checkpoint import from_pretrained
 from pixellm.decoder import postprocess_masks
 from pixellm.errors import InputError
-from pixellm.image_io import ImageLike, load_image, resize_longest_and_pad
+from pixellm.image_io import ImageLike, preprocess_images
 from pixellm.predictor import Prediction, Target, mask_bbox, mask_rle
 
 from .config import OTHER
@@ -91,14 +91,8 @@ class LSegPredictor:
         return next(self.model.parameters()).device
 
     def _preprocess(self, images: Sequence[ImageLike]) -> list:
-        pre = []
-        for i, img in enumerate(images):
-            try:
-                pre.append(resize_longest_and_pad(load_image(img), size=self.model.input_size,
-                                                  mean=self.cfg.vision.mean, std=self.cfg.vision.std))
-            except InputError as e:
-                raise InputError(f"batch item {i}: {e}") if len(images) > 1 else e from None
-        return pre
+        return preprocess_images(images, size=self.model.input_size, mean=self.cfg.vision.mean,
+                                 std=self.cfg.vision.std)
 
     @torch.no_grad()
     def _label_maps(self, pre: list, label_sets: list[list[str]]) -> list[LabelMap]:

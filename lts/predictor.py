@@ -15,7 +15,7 @@ import torch
 from pixellm.checkpoint import from_pretrained
 from pixellm.decoder import postprocess_masks
 from pixellm.errors import InputError
-from pixellm.image_io import ImageLike, load_image, resize_longest_and_pad
+from pixellm.image_io import ImageLike, preprocess_images
 from pixellm.predictor import Prediction, Target, mask_bbox, mask_rle
 
 
@@ -53,13 +53,8 @@ class LTSPredictor:
     @torch.no_grad()
     def _targets(self, images: Sequence[ImageLike], expressions: Sequence[str]) -> list[Target]:
         """One target per (image, expression) pair, in one forward pass."""
-        pre = []
-        for i, img in enumerate(images):
-            try:
-                pre.append(resize_longest_and_pad(load_image(img), size=self.model.input_size,
-                                                  mean=self.cfg.vision.mean, std=self.cfg.vision.std))
-            except InputError as e:
-                raise InputError(f"item {i}: {e}") if len(images) > 1 else e from None
+        pre = preprocess_images(images, size=self.model.input_size, mean=self.cfg.vision.mean,
+                                std=self.cfg.vision.std)
         dev, dtype = self.device, next(self.model.parameters()).dtype
         ids, lengths = self.model.encode_text(list(expressions))
         out = self.model(torch.stack([p.pixels for p in pre]).to(dev, dtype), ids, lengths)

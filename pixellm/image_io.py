@@ -128,3 +128,15 @@ def resize_mask_to_input(mask: np.ndarray, *, size: int) -> torch.Tensor:
         m = torch.from_numpy(mask.astype(np.float32))[None]
         out[:, :nh, :nw] = (F.interpolate(m, size=(nh, nw), mode="bilinear", align_corners=False)[0] >= 0.5).float()
     return out
+
+
+def preprocess_images(images, *, size: int, mean: list[float], std: list[float]) -> list[Preprocessed]:
+    """:func:`resize_longest_and_pad` of :func:`load_image` for each image; a bad image of a
+    batch of several raises :class:`InputError` naming its position ("batch item i: ...")."""
+    out = []
+    for i, img in enumerate(images):
+        try:
+            out.append(resize_longest_and_pad(load_image(img), size=size, mean=mean, std=std))
+        except InputError as e:
+            raise InputError(f"batch item {i}: {e}") if len(images) > 1 else e from None
+    return out
