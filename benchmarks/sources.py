@@ -11,18 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixellm.errors import InputError
+from pixellm.muse.layouts import LAYOUTS
 
 from .baselines import InstanceIndex
 
 SHAPES_SPLITS = ("val", "test_less", "test_many", "multi_ref")
 MUSE_SPLITS = ("val", "test_less", "test_many")
-LAYOUTS = {
-    "shapes": "DIR/muse_<split>.json + DIR/images/ (made by `pixellm-data --out DIR`, or `make data`)",
-    "muse": "DIR/muse_<split>.json (official MUSE JSON: file_name or coco_url, ann_list, questions, "
-            "answers) + DIR/images/ (COCO train2014/ or train2017/ files)",
-    "refcoco": "DIR/<dataset>/refs(<split_by>).p + DIR/<dataset>/instances.json + DIR/images/ "
-               "(COCO train2014 files)",
-}
 
 
 @dataclass
@@ -112,7 +106,7 @@ def fresh_sets(root: str | Path, *, strict: bool = True) -> tuple[int, list[Eval
 
 def refcoco_sets(root: str | Path, splits: Sequence[str], *, dataset: str = "refcoco",
                  split_by: str = "unc", strict: bool = True) -> list[EvalSet]:
-    """Per split: the single-target referring set and its multi-referring questions (DESIGN §4).
+    """Per split: the single-target referring set and its multi-referring questions (docs/design.md, Data formats).
 
     Raises:
         InputError: the refs pickle or ``instances.json`` is missing; the message names the layout.

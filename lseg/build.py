@@ -9,13 +9,13 @@ import torch
 from pixellm.config import get_model_config
 from pixellm.errors import ConfigError, InputError
 from pixellm.families import Family, TrainData
+from pixellm.text_encoder import FrozenTextEncoder
 from pixellm.vision import VisionTower, create_open_clip_visual
 
 from .config import LSegConfig
 from .data import LabelMapDataset, LabelMapSource, collate_label_maps
 from .model import LSeg
 from .predictor import LSegPredictor
-from .text import FrozenTextEncoder
 
 
 def build_lseg(config: LSegConfig | str, *, tokenizer=None, load_weights: bool = True,

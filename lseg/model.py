@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixellm.text_encoder import FrozenTextEncoder, normalise
 from pixellm.vision import VisionTower
 
 from .config import OTHER
 from .dpt import DPTNeck
-from .text import FrozenTextEncoder, normalise
 
 
 class SpatialRegularisation(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -34,6 +34,7 @@ class Entry:
         questions: (text, target ann ids in answer order, text answer, family, phrases) per
             question.
         multi_ref: the multi-referring question of a test image, same layout, or None.
+        regions: its objects' region descriptions (:func:`muse.regions.region_annotations`).
     """
 
     split: str
@@ -41,6 +42,7 @@ class Entry:
     anns: list[dict]
     questions: list[QuestionTuple]
     multi_ref: QuestionTuple | None
+    regions: list[dict] = field(default_factory=list)
 
 
 def annotations(scene: Scene, image_id: int) -> list[dict]:

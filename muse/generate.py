@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import export
+from . import export, regions
 from .export import Entry
 from .questions import DEFAULT_WEIGHTS, Question, make_questions, multi_ref_question
 from .scene import Scene, render_scene
@@ -40,8 +40,9 @@ class GenConfig:
 
     # Layout version of the files: 2 writes answers as full annotations and segmentations as
     # polygons or uncompressed RLE (the official loader's forms); 3 adds each LVIS annotation's
-    # ``colour`` (the dense colour labels of the LSeg family). A change regenerates data.
-    format: int = 3
+    # ``colour`` (the dense colour labels of the LSeg family); 4 adds ``regions_<split>.json``
+    # (a caption, tags and attributes per object, the DynRefer family's). A change regenerates data.
+    format: int = 4
     seed: int = 0  # base seed of every per-image generator
     image_size: int = 96  # square image side S in pixels; object sizes scale with it
     train: int = 4000  # number of training images
@@ -96,7 +97,8 @@ def _build(job: tuple[GenConfig, str, int, int, str]) -> Entry:
     anns = export.annotations(scene, image_id)
     return Entry(split=split, image=export.lvis_image(scene, image_id, file_name), anns=anns,
                  questions=[export.question_tuple(q, anns) for q in questions],
-                 multi_ref=export.question_tuple(multi, anns) if multi else None)
+                 multi_ref=export.question_tuple(multi, anns) if multi else None,
+                 regions=regions.region_annotations(scene, anns))
 
 
 def _jobs(config: GenConfig, out: pathlib.Path) -> list[tuple]:
@@ -138,6 +140,7 @@ def generate_dataset(config: GenConfig, out: str | pathlib.Path, *, workers: int
     """Generate the dataset under ``out``.
 
     Writes ``images/<split>/*.png``, ``lvis_instances_<train|val|test>.json``,
+    ``regions_<train|val|test>.json`` (:mod:`muse.regions`),
     ``muse_<train|val|test_less|test_many|multi_ref>.json`` and ``meta.json``.
 
     Args:
@@ -157,6 +160,9 @@ def generate_dataset(config: GenConfig, out: str | pathlib.Path, *, workers: int
     for split in SPLIT_CODES:
         lvis = export.lvis_file((e for e in entries if e.split == split), train_counts)
         _dump(lvis, out / f"lvis_instances_{split}.json")
+        chosen = [e for e in entries if e.split == split]
+        _dump(regions.regions_file([e.image for e in chosen], [r for e in chosen for r in e.regions]),
+              out / f"regions_{split}.json")
     records = _split_records(entries)
     for name, recs in records.items():
         _dump(recs, out / f"muse_{name}.json")

