@@ -1,8 +1,7 @@
-"""Training: determinism, SIGKILL + resume, NaN stop, data-mixture errors, 2-process CPU run."""
+"""Training: recipes, determinism, SIGKILL + resume, NaN stop, data-mixture errors, 2-process CPU run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from launching import free_port, launch, torchrun
 
+from pixellm.errors import ConfigError
+from pixellm.train.checkpointing import checkpoint_dir
+from pixellm.train.config import TrainConfig, list_recipes, load_recipe
 from pixellm.train.main import main as train_main
 from pixellm.train.mixture import MixtureSampler
 
@@ -26,6 +29,15 @@ def args(run, shapes, cfg, *extra):
 
 def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in json.loads((run / "history.json").read_text())}
+
+
+def checkpoints(run: Path) -> list[str]:
+    return sorted((p.name for p in (run / "checkpoints").iterdir()), key=lambda n: int(n.split("_")[1]))
+
+
+def ticks(*times: float):
+    """A clock reading ``times`` in turn (train's ``clock``)."""
+    return iter(times).__next__
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +55,96 @@ def test_same_seed_same_losses_and_loss_falls(reference_run, tmp_path, shapes, m
     assert (reference_run / "final" / "model.safetensors").is_file()
     last = json.loads((reference_run / "history.json").read_text())[-1]
     assert last["questions_per_s"] > last["samples_per_s"] > 0  # 3-turn sequences hold several questions
-    assert [p.name for p in sorted(reference_run.glob("step-*"))] == ["step-4", "step-8"]
+    assert checkpoints(reference_run) == ["checkpoint_4", "checkpoint_8"]
+    # the resolved config beside the run, in each checkpoint and in final/: the recipe it ran
+    saved = [TrainConfig.from_dict(json.loads((d / "train_config.json").read_text()))
+             for d in (reference_run, checkpoint_dir(reference_run, 4), reference_run / "final")]
+    assert saved[0] == saved[1] == saved[2]
+    assert (saved[0].model, saved[0].steps, saved[0].vision_warmup, saved[0].recipe) == (str(micro_cfg), 8, 3, None)
+    assert saved[0].betas == (0.9, 0.95) and saved[0].batch_size == 4
+
+
+def test_saved_config_is_a_recipe_that_trains_the_same_run(reference_run):
+    from dataclasses import replace
+
+    from pixellm.train.args import parse_config
+    saved = TrainConfig.from_dict(json.loads((reference_run / "train_config.json").read_text()))
+    again = parse_config(["--recipe", str(reference_run / "train_config.json")])
+    assert again.recipe == str(reference_run / "train_config.json") and replace(again, recipe=None) == saved
+
+
+DEFAULT_RECIPES = ["dynrefer-tiny", "lisa-tiny", "lseg-tiny", "lts-tiny", "pixellm-tiny"]
+
+
+def test_each_family_default_has_a_recipe():
+    """One recipe per family's default model: its model and run directory, the TrainConfig
+    defaults otherwise, but DynRefer's 16 regions a micro-batch."""
+    from dataclasses import fields
+    assert list_recipes() == DEFAULT_RECIPES
+    for name in DEFAULT_RECIPES:
+        cfg = load_recipe(name)
+        assert (cfg.recipe, cfg.model, cfg.out) == (name, name, f"checkpoints/{name}")
+        assert cfg.batch_size == (16 if name == "dynrefer-tiny" else 8)
+        same = {f.name for f in fields(TrainConfig)} - {"recipe", "model", "out", "batch_size"}
+        assert all(getattr(cfg, k) == getattr(TrainConfig(), k) for k in same), name
+
+
+def test_the_model_picks_its_recipe_and_flags_override_it(tmp_path):
+    from pixellm.train.args import parse_config
+    cfg = parse_config(["--model", "dynrefer-tiny"])
+    assert (cfg.recipe, cfg.batch_size, cfg.out) == ("dynrefer-tiny", 16, "checkpoints/dynrefer-tiny")
+    assert parse_config(["--model", "dynrefer-tiny", "--batch-size", "4"]).batch_size == 4
+    cfg = parse_config(["--recipe", "dynrefer-tiny", "--model", "x.json", "--out", "r"])
+    assert (cfg.recipe, cfg.model, cfg.out, cfg.batch_size) == ("dynrefer-tiny", "x.json", "r", 16)
+    plain = parse_config(["--model", "lisa-tiny-merged"])  # no recipe of its own: the defaults
+    assert plain.recipe is None and plain == TrainConfig(model="lisa-tiny-merged")
+    assert parse_config([]) == load_recipe("pixellm-tiny")
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"description": "a recipe file", "lr": 2e-3, "betas": [0.8, 0.9], "steps": 10,
+                               "muse_root": "m"}))
+    cfg = parse_config(["--recipe", str(own), "--steps", "12", "--betas", "0.7", "0.8"])
+    assert (cfg.lr, cfg.steps, cfg.betas, cfg.muse_root, cfg.model) == (2e-3, 12, (0.7, 0.8), "m", "pixellm-tiny")
+
+
+def test_make_and_the_benchmarks_command_lines_still_parse():
+    """What make train / make describe and pixellm-compare / -ablate pass to pixellm-train."""
+    import argparse
+
+    from pixellm.benchmarks.compare import train_argv
+    from pixellm.train.args import parse_config
+    make = parse_config("--model pixellm-tiny --shapes-root data/shapes --out checkpoints/pixellm-tiny "
+                        "--steps 8000 --time-budget 14".split())
+    assert (make.recipe, make.steps, make.time_budget, make.batch_size) == ("pixellm-tiny", 8000, 14.0, 8)
+    describe = parse_config("--model dynrefer-tiny --shapes-root d --out o --steps 8000 --time-budget 14 "
+                            "--batch-size 16".split())
+    assert (describe.recipe, describe.batch_size, describe.out) == ("dynrefer-tiny", 16, "o")
+    ns = argparse.Namespace(data=Path("d"), steps=8000, time_budget=14.0, train_args="--seed 3", no_progress=True)
+    lisa = parse_config(train_argv("lisa-tiny", Path("runs/lisa-tiny"), ns,
+                                   "--vision-warmup 400 --vision-warmup-batch 8"))
+    assert (lisa.recipe, lisa.model, lisa.out, lisa.vision_warmup, lisa.vision_warmup_batch, lisa.seed,
+            lisa.no_progress) == ("lisa-tiny", "lisa-tiny", "runs/lisa-tiny", 400, 8, 3, True)
+
+
+def test_bad_recipes_and_removed_flags_are_refused(tmp_path, capsys):
+    from pixellm.train.args import parse_config
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'.*built-in: dynrefer-tiny"):
+        parse_config(["--recipe", "nope"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"lr": 1e-3, "head_lr_mult": 2.0}))
+    with pytest.raises(ConfigError, match="unknown train config field.*head_lr_mult"):
+        parse_config(["--recipe", str(bad)])
+    for value, match in (({"steps": "10"}, "steps must be int"), ({"steps": 0}, "steps must be >= 1"),
+                         ({"betas": [0.9]}, "betas must be two numbers"), ({"lr": True}, "lr must be float"),
+                         ({"mixed_precision": "fp8"}, "mixed_precision must be one of")):
+        bad.write_text(json.dumps(value))
+        with pytest.raises(ConfigError, match=match):
+            parse_config(["--recipe", str(bad)])
+    assert train_main(["--recipe", str(bad)]) == 2
+    assert "mixed_precision must be one of" in capsys.readouterr().err
+    for flag in (["--head-lr-mult", "2"], ["--vision-lr-mult", "2"], ["--block-ce", "first"]):
+        with pytest.raises(SystemExit) as e:
+            parse_config(flag)
+        assert e.value.code == 2
 
 
 def test_run_tokenizer_knows_the_prompt_template(reference_run, shapes):
@@ -64,12 +165,13 @@ def test_run_tokenizer_knows_the_prompt_template(reference_run, shapes):
 
 def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path, shapes, micro_cfg):
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pixellm.train.main", *args(run, shapes, micro_cfg, "--steps", "8")]
-    # slow the run down so the kill lands mid-way: one step per ~0.3 s is plenty of margin
-    env = {**os.environ, "PIXELLM_TEST_STEP_SLEEP": "0.3"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # slow the run down so the kill lands mid-way: each step sleeps 0.3 s in train's on_step hook
+    script = ("import sys, time; from pixellm.train.main import main; "
+              "sys.exit(main(sys.argv[1:], on_step=lambda rec: time.sleep(0.3)))")
+    cmd = [sys.executable, "-c", script, *args(run, shapes, micro_cfg, "--steps", "8")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
-    while not (run / "step-4" / "trainer.json").is_file():
+    while not (checkpoint_dir(run, 4) / "trainer.json").is_file():
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
@@ -113,6 +215,14 @@ def test_missing_real_data_names_layout(tmp_path, shapes, micro_cfg, capsys, mon
     assert "nowhere does not exist; expected layout: DIR/muse_train.json" in err
 
 
+def test_resume_refuses_the_earlier_checkpoint_layout(tmp_path, shapes, micro_cfg, capsys):
+    old = tmp_path / "old" / "step-4"
+    old.mkdir(parents=True)
+    (old / "trainer.json").write_text(json.dumps({"step": 4, "sample_pos": 16}))
+    assert train_main(args(tmp_path / "old", shapes, micro_cfg, "--resume")) == 2
+    assert "holds only RUN/step-N checkpoints of an earlier pixellm-train" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bucket", [1, 4])
 def test_sampler_splits_global_batches_across_ranks(bucket):
     lengths = list(np.random.default_rng(0).integers(10, 100, 15))
@@ -131,28 +241,11 @@ def test_sampler_splits_global_batches_across_ranks(bucket):
             assert chunk == sorted(chunk)
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(reference_run, tmp_path, shapes, micro_cfg):
     run = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "pixellm.train.main",
-           *args(run, shapes, micro_cfg, "--batch-size", "2", "--vision-warmup-batch", "1")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=240)
-    finally:  # never leave the worker processes behind
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-3000:]
+    rc, err = launch(torchrun(free_port()), args(run, shapes, micro_cfg, "--batch-size", "2", "--vision-warmup-batch", "1"))
+    assert rc == 0, err[-3000:]
     two, one = losses(run), losses(reference_run)  # 2 x 2 vs 1 x 4: same global batches
     assert list(two) == list(one)
     warm2, warm1 = (json.loads((r / "vision_warmup.json").read_text()) for r in (run, reference_run))
@@ -171,34 +264,28 @@ def test_main_evaluates_and_prints_table(tmp_path, shapes, micro_cfg, capsys):
     summary = json.loads((run / "eval.json").read_text())
     assert summary["steps"] == 2 and summary["eval"]["n_questions"] == 5
     assert summary["vision_warmup_steps"] == 3 and summary["vision_warmup_seconds"] > 0
-    assert 0.0 <= summary["eval"]["giou"] <= 1.0 and summary["train_samples_per_s"] > 0
+    assert summary["train_samples_per_s"] > 0
+    # the printed scores are the final checkpoint's: evaluating it again gives them exactly
+    from pixellm.checkpoint import load_predictor
+    from pixellm.evaluate import evaluate_generation
+    from pixellm.muse import load_split
+
+    again = evaluate_generation(load_predictor(run / "final"), load_split(shapes, "val"), limit=5)
+    for key in ("giou", "ciou", "count_acc"):
+        assert again["all"][key] == pytest.approx(summary["eval"][key], nan_ok=True), key
+    assert again["target_phrase_acc"] == pytest.approx(summary["target_phrase_acc"])
     assert 0.0 <= summary["target_phrase_acc"] <= summary["phrase_giou"] <= 1.0
     assert "target phrases right" in out and "phrase gIoU" in out
 
 
-def test_param_groups_give_the_mask_head_its_own_learning_rate(tiny_model):
+def test_param_groups_hold_every_trainable_parameter_once(tiny_model):
     from pixellm.train.optim import param_groups
     tiny_model.vision.requires_grad_(False)  # frozen parameters are left out
-    body, head = param_groups(tiny_model, lr=1e-3, head_lr_mult=3.0)
-    assert body["lr"] == 1e-3 and head["lr"] == pytest.approx(3e-3)
-    assert tiny_model.phrase_head is not None and tiny_model.region_head is not None  # both train with the mask head
-    want_head = {id(p) for m in (tiny_model.fusion, tiny_model.decoder, tiny_model.phrase_head, tiny_model.region_head)
-                 for p in m.parameters()}
-    assert {id(p) for p in head["params"]} == want_head
-    trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
-    assert {id(p) for p in body["params"]} == trainable - want_head
-    assert not any(id(p) in trainable for p in tiny_model.vision.parameters())
-
-
-def test_param_groups_give_the_vision_tower_its_own_learning_rate(tiny_model):
-    from pixellm.train.optim import param_groups
-    body, head, vision = param_groups(tiny_model, lr=1e-3, head_lr_mult=2.0, vision_lr_mult=3.0)
-    assert (body["lr"], head["lr"], vision["lr"]) == (1e-3, pytest.approx(2e-3), pytest.approx(3e-3))
-    assert {id(p) for p in vision["params"]} == {id(p) for p in tiny_model.vision.parameters()}
-    grouped = [id(p) for g in (body, head, vision) for p in g["params"]]
-    assert len(grouped) == len(set(grouped))  # no parameter in two groups
-    assert set(grouped) == {id(p) for p in tiny_model.parameters() if p.requires_grad}
-    assert not {id(p) for p in body["params"]} & {id(p) for p in tiny_model.vision.parameters()}
+    (group,) = param_groups(tiny_model, lr=1e-3)
+    assert group["lr"] == 1e-3
+    ids = [id(p) for p in group["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in tiny_model.parameters() if p.requires_grad}
+    assert not set(ids) & {id(p) for p in tiny_model.vision.parameters()}
 
 
 def test_adamw_is_fused_on_cpu_and_takes_the_same_step_as_the_loop():
@@ -246,16 +333,14 @@ def test_fitted_steps_and_the_stretched_schedule():
     assert s(70) == pytest.approx(0.325) and s(75) == 0.1
 
 
-def test_time_budget_cuts_again_when_the_machine_slows_down(tmp_path, shapes, micro_cfg, capsys, monkeypatch):
+def test_time_budget_cuts_again_when_the_machine_slows_down(tmp_path, shapes, micro_cfg, capsys):
     """1 s a step until step 20, then 3 s: 60 steps fit 90 s at the timing window's pace, but by
     step 40 (80 s, 2.14 s a step since step 5) only 4 more do. The run is cut there to 44 steps;
     the rates already used stay those of the 60-step plan and the decay ends at step 44."""
-    times = iter([*range(21), *range(23, 1000, 3)])  # t0 = 0; step k ends at k s, then 3 s a step
-    from pixellm.train import loop
-    monkeypatch.setattr(loop, "_clock", lambda: next(times))
+    clock = ticks(*range(21), *range(23, 1000, 3))  # t0 = 0; step k ends at k s, then 3 s a step
     run = tmp_path / "slow"
     assert train_main(args(run, shapes, micro_cfg, "--steps", "60", "--time-budget", "1.5",
-                           "--save-every", "100", "--vision-warmup", "0")) == 0
+                           "--save-every", "10", "--keep", "2", "--vision-warmup", "0"), clock=clock) == 0
     hist = json.loads((run / "history.json").read_text())
     assert [r["step"] for r in hist] == list(range(1, 45))
     out = capsys.readouterr().out
@@ -265,23 +350,21 @@ def test_time_budget_cuts_again_when_the_machine_slows_down(tmp_path, shapes, mi
     assert [r["lr"] for r in hist[1:40]] == pytest.approx(plan)
     assert hist[41]["lr"] == pytest.approx((plan[-1] + 3e-3 * 0.05) / 2)
     assert hist[-1]["lr"] == pytest.approx(3e-3 * 0.05)
-    assert json.loads((run / "step-44" / "trainer.json").read_text())["total_steps"] == 44
+    assert json.loads((checkpoint_dir(run, 44) / "trainer.json").read_text())["total_steps"] == 44
+    assert checkpoints(run) == ["checkpoint_40", "checkpoint_44"]  # --keep 2: Accelerate's total_limit
 
 
-def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shapes, micro_cfg, capsys,
-                                                                  monkeypatch):
+def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shapes, micro_cfg, capsys):
     """On a clock that reads 1 s a step, 40 steps cannot fit 30 s: after the timing window (steps
     5-20) the run is cut to 30 steps, its decay goes on from step 20's rate and ends there, and a
     resumed run keeps that length and the losses of the run it resumes."""
     import itertools
     import shutil
 
-    from pixellm.train import loop
-    monkeypatch.setattr(loop, "_clock", itertools.count().__next__)  # t0 = 0, step k ends at k s
     run = tmp_path / "budget"
     budget = args(run, shapes, micro_cfg, "--steps", "40", "--time-budget", "0.5", "--save-every", "3",
                   "--keep", "50", "--vision-warmup", "0")
-    assert train_main(budget) == 0
+    assert train_main(budget, clock=itertools.count().__next__) == 0  # t0 = 0, step k ends at k s
     hist = json.loads((run / "history.json").read_text())
     assert [r["step"] for r in hist] == list(range(1, 31))
     assert "time budget: 30 of 40 steps fit in 0.5 min at 1.000 s a step" in capsys.readouterr().out
@@ -290,9 +373,9 @@ def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shap
     assert hist[18]["lr"] == pytest.approx(3e-3 * (1 - 0.95 * 17 / 38))
     assert hist[19]["lr"] == pytest.approx(3e-3 * (1 - 0.95 * 18 / 38))
     assert hist[24]["lr"] == pytest.approx(3e-3 * ((1 - 0.95 * 18 / 38) + 0.05) / 2)
-    assert json.loads((run / "step-30" / "trainer.json").read_text())["total_steps"] == 30
+    assert json.loads((checkpoint_dir(run, 30) / "trainer.json").read_text())["total_steps"] == 30
     for k in (24, 27, 30):
-        shutil.rmtree(run / f"step-{k}")
+        shutil.rmtree(checkpoint_dir(run, k))
     shutil.rmtree(run / "final")
     assert train_main([*budget, "--resume"]) == 0
     resumed = losses(run)
@@ -301,16 +384,15 @@ def test_time_budget_shortens_the_run_and_resume_keeps_its_length(tmp_path, shap
         assert loss == pytest.approx(hist[step - 1]["loss"], rel=1e-5, abs=1e-6), step
 
 
-def test_vision_warmup_time_counts_against_the_budget(tmp_path, shapes, micro_cfg, capsys, monkeypatch):
+def test_vision_warmup_time_counts_against_the_budget(tmp_path, shapes, micro_cfg, capsys):
     """A warm-up that takes 10 s leaves 20 s of a 0.5-min budget: at 1 s a step, 40 steps are
     cut to 20 at the end of the timing window; the warm-up's records are kept with the run."""
-    from pixellm.train import loop, warmup
-    warm_times = iter([0, 1, 2, 3, 10])  # the warm-up's start, then the end of each of its 4 steps
-    monkeypatch.setattr(warmup, "_clock", lambda: next(warm_times))
-    monkeypatch.setattr(loop, "_clock", iter(range(1000)).__next__)  # t0 = 0, step k ends at k s
+    # the warm-up's start, then the end of each of its 4 steps; then the joint steps' t0 = 10,
+    # joint step k ending at 10 + k s
+    clock = ticks(0, 1, 2, 3, 10, *range(10, 1000))
     run = tmp_path / "warm"
     assert train_main(args(run, shapes, micro_cfg, "--steps", "40", "--time-budget", "0.5",
-                           "--save-every", "100", "--vision-warmup", "4")) == 0
+                           "--save-every", "100", "--vision-warmup", "4"), clock=clock) == 0
     out = capsys.readouterr().out
     assert "vision warm-up: 4 steps of 2 images" in out and "in 0.2 min" in out
     assert "time budget: 20 of 40 steps fit in 0.333 min at 1.000 s a step" in out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from itertools import chain
 
@@ -14,7 +15,7 @@ from pixellm.config import PixelLMConfig
 from pixellm.errors import InputError
 from pixellm.llm import train_word_tokenizer
 from pixellm.muse import load_split
-from pixellm.train.warmup import ObjectWordDataset, collate_objects, warm_up_vision
+from pixellm.train.warmup import ObjectWordDataset, collate_objects, train_stage, warm_up_vision
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,30 @@ def test_warm_up_stops_on_a_non_finite_loss(train_samples, word_tok, micro_confi
     with pytest.raises(TrainingDivergedError, match="non-finite vision warm-up loss .* at warm-up step 1"):
         warm_up_vision(model, _dataset(train_samples, word_tok), steps=3, batch_size=2, lr=1e-3,
                        accelerator=Accelerator(cpu=True), progress=False)
+
+
+def test_the_stage_goes_through_accelerate_and_leaves_it_as_it_found_it(train_samples, word_tok, micro_config):
+    """The stage's modules (or, as LISA's SAM stage passes them, bare parameters) and optimizer
+    are prepared by the accelerator and released after: the joint run's checkpoints hold only
+    its own model, its gradient accumulation is back, and no gradient is left over for it. One
+    batch a step whatever the accumulation; seconds on the injected clock."""
+    data = _dataset(train_samples, word_tok)
+
+    def run(accelerator, *, bare: bool):
+        model = _model(micro_config, word_tok)
+        parts = (model.vision, model.region_head)
+        trained = [p for m in parts for p in m.parameters()] if bare else list(parts)
+        hist = train_stage(trained, data, lambda b: model.region_head.object_sums(
+                               model.vision(b["pixels"])[0], b["masks"], b["batch_index"], b["phrases"]),
+                           steps=3, batch_size=4, lr=1e-3, accelerator=accelerator, seed=0, warmup=1,
+                           betas=(0.9, 0.95), clip=1.0, progress=False, name="stage", key="words",
+                           clock=itertools.count().__next__)
+        return hist, model
+
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    modules, _ = run(acc, bare=False)
+    assert acc.gradient_accumulation_steps == 2 and acc._models == [] and acc._optimizers == []
+    params, model = run(Accelerator(cpu=True), bare=True)
+    assert [r["words"] for r in modules] == [r["words"] for r in params]
+    assert [r["seconds"] for r in modules] == [1, 2, 3] and modules[-1]["images_per_s"] == 4.0
+    assert all(p.grad is None for p in model.parameters())

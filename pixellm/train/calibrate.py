@@ -37,9 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    from ..checkpoint import load_predictor
     from ..errors import CheckpointError, InputError
     from ..evaluate import evaluate_generation
-    from ..families import load_predictor
     from .mixture import load_source
 
     if args.threads:

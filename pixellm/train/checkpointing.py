@@ -1,8 +1,15 @@
-"""Atomic training checkpoints on top of ``Accelerator.save_state``.
+"""Training checkpoints: Accelerate's ``save_state``, its naming and its rotation.
 
-A checkpoint is written to ``run/.tmp-step-N`` and renamed to ``run/step-N`` only when it is
-complete (rename is atomic on POSIX), with ``trainer.json`` (step, data position) written last
-inside it. A kill mid-write leaves only a ``.tmp-*`` directory, which resume ignores.
+The run's Accelerator is built with :func:`project_configuration`: ``save_state()`` writes
+``RUN/checkpoints/checkpoint_<iteration>`` and first deletes the oldest ones beyond ``keep``
+(``ProjectConfiguration.total_limit``, which Accelerate applies only with its automatic
+naming). The iteration is set to the step before each save, so ``checkpoint_N`` holds the
+state after step N and the rotation goes by step. Inside it, after Accelerate's files,
+``train_config.json`` (the run's :class:`~pixellm.train.config.TrainConfig`) and then
+``trainer.json`` (step, data position, run length) are written: a directory without
+``trainer.json`` (a kill mid-write) is incomplete, resume skips it and the next run removes it.
+The rotation deletes before it writes, so with ``keep`` K a kill mid-write leaves K - 1
+complete checkpoints (none with ``--keep 1``).
 """
 from __future__ import annotations
 
@@ -12,43 +19,72 @@ import re
 import shutil
 from pathlib import Path
 
-_STEP = re.compile(r"^step-(\d+)$")
+from accelerate.utils import ProjectConfiguration
+
+CHECKPOINTS = "checkpoints"  # Accelerate's folder under the project (run) directory
+_NAME = re.compile(r"^checkpoint_(\d+)$")
 STATE_NAME = "trainer.json"
 
 
-def save_checkpoint(accelerator, run_dir: Path, *, step: int, sample_pos: int, keep: int = 2,
-                    total_steps: int | None = None) -> Path:
-    """Save model/optimizer/scheduler/RNG + data position for ``step``; keep the last ``keep``.
+def project_configuration(run_dir: Path, *, keep: int) -> ProjectConfiguration:
+    """Accelerate's project settings of a run: its directory (checkpoints, TensorBoard logs),
+    automatic checkpoint naming, and at most ``keep`` checkpoints."""
+    return ProjectConfiguration(project_dir=str(run_dir), automatic_checkpoint_naming=True, total_limit=keep)
+
+
+def save_checkpoint(accelerator, run_dir: Path, *, step: int, sample_pos: int, total_steps: int | None = None,
+                    config=None) -> Path:
+    """Save model/optimizer/scheduler/RNG (``accelerator.save_state``), then ``config``'s
+    ``train_config.json`` and the data position; returns the checkpoint directory.
 
     ``total_steps``, the run's length (which ``--time-budget`` may have lowered), is recorded too.
     """
-    final = run_dir / f"step-{step}"
-    tmp = run_dir / f".tmp-step-{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.project_configuration.iteration = step  # checkpoint_<step>; the rotation sorts by it
+    accelerator.save_state()
+    path = checkpoint_dir(run_dir, step)
     if accelerator.is_main_process:
+        if config is not None:
+            config.save(path)
         state = {"step": step, "sample_pos": sample_pos,
                  **({"total_steps": total_steps} if total_steps is not None else {})}
-        (tmp / STATE_NAME).write_text(json.dumps(state))
-        with open(tmp / STATE_NAME) as f:
+        (path / STATE_NAME).write_text(json.dumps(state))  # last: the mark of a complete checkpoint
+        with open(path / STATE_NAME) as f:
             os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return final
+    return path
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` goes."""
+    return Path(run_dir) / CHECKPOINTS / f"checkpoint_{step}"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints in ``run_dir`` ordered by step."""
-    if not run_dir.is_dir():
+    return [p for p in _all(run_dir) if (p / STATE_NAME).is_file()]
+
+
+def clean_checkpoints(accelerator, run_dir: Path, *, resuming: bool) -> list[Path]:
+    """Before a run saves anything: remove incomplete checkpoints (a kill mid-write), and, when
+    not ``resuming``, an earlier run's (Accelerate refuses to write over one, and its rotation
+    would count them). Main process; every process waits. Returns what was removed."""
+    gone = [p for p in _all(run_dir) if not resuming or not (p / STATE_NAME).is_file()]
+    if accelerator.is_main_process:
+        for p in gone:
+            shutil.rmtree(p, ignore_errors=True)
+        if gone and not resuming:
+            accelerator.print(f"removed {len(gone)} checkpoint(s) of an earlier run in {run_dir} "
+                              "(--resume continues one)")
+    accelerator.wait_for_everyone()
+    return gone
+
+
+def _all(run_dir: Path) -> list[Path]:
+    """Checkpoint directories (complete or not) ordered by step."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
-             if (m := _STEP.match(p.name)) and (p / STATE_NAME).is_file()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from .args import build_parser
+from .args import parse_config
 
 
 def _table(name: str, m: dict) -> str:
@@ -19,42 +20,53 @@ def _table(name: str, m: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train per the command line; evaluate on --eval-split with generated answers."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] | None = None,
+         on_step: Callable[[dict], None] | None = None) -> int:
+    """Train per the command line (a recipe and the flags over it); evaluate on --eval-split
+    with generated answers. ``clock`` and ``on_step``: see :func:`pixellm.train.loop.train`."""
     from ..errors import ConfigError, InputError
+
+    try:
+        cfg = parse_config(argv)
+    except ConfigError as e:
+        print(f"pixellm-train: error: {e}", file=sys.stderr)
+        return 2
     from .loop import TrainingDivergedError, train
 
     t0 = time.perf_counter()
     try:
-        result = train(args)
+        result = train(cfg, **({"clock": clock} if clock else {}), on_step=on_step)
     except (ConfigError, InputError, TrainingDivergedError) as e:
         print(f"pixellm-train: error: {e}", file=sys.stderr)
         return 2
-    acc = result["accelerator"]
     train_secs = time.perf_counter() - t0
-    if not args.eval_split or not acc.is_main_process:
+    if not cfg.eval_split or not result["accelerator"].is_main_process:
         return 0
     from ..checkpoint import read_config
 
     family = read_config(result["final"])[1]
     if family.evaluate is not None:  # a family without an LLM reports its own metrics
-        return _own_eval(args, family, result, time.perf_counter() - t0)
+        return _own_eval(cfg, family, result, time.perf_counter() - t0)
+    return _generation_eval(cfg, result, train_secs)
+
+
+def _generation_eval(cfg, result: dict, train_secs: float) -> int:
+    """The LLM families' evaluation: generated answers on --eval-split, the score calibration
+    fitted there, ``RUN/eval.json`` and the printed table."""
+    from ..checkpoint import load_predictor
     from ..evaluate import evaluate_generation
-    from ..families import load_predictor
+    from .calibrate import fit_and_save
     from .mixture import load_source
 
-    samples = load_source("shapes", root=args.shapes_root, split=args.eval_split)
+    samples = load_source("shapes", root=cfg.shapes_root, split=cfg.eval_split)
     pred = load_predictor(result["final"])
-    m = evaluate_generation(pred, samples, limit=args.eval_limit, progress=not args.no_progress)
-    from .calibrate import fit_and_save
-
-    calibration = fit_and_save(result["final"], m["score_records"], source=args.eval_split)
+    m = evaluate_generation(pred, samples, limit=cfg.eval_limit, progress=not cfg.no_progress)
+    calibration = fit_and_save(result["final"], m["score_records"], source=cfg.eval_split)
     hist = result["history"]
     summary = {"train_seconds": train_secs, "steps": result["steps"], "planned_steps": result["planned_steps"],
                "train_samples_per_s": hist[-1]["samples_per_s"] if hist else None,
                "train_questions_per_s": hist[-1]["questions_per_s"] if hist else None,
-               "eval_split": args.eval_split, "eval": m["all"], "zero_target": m["zero_target"],
+               "eval_split": cfg.eval_split, "eval": m["all"], "zero_target": m["zero_target"],
                "target_phrase_acc": m["target_phrase_acc"], "phrase_giou": m["phrase_giou"],
                "with_duplicates": m["with_duplicates"], "n_duplicates": m["n_duplicates"],
                "eval_queries_per_s": m["queries_per_s"], "final_checkpoint": result["final"],
@@ -62,10 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "score_calibration": None if calibration is None else vars(calibration),
                "vision_warmup_steps": len(result["vision_warmup"]),
                "vision_warmup_seconds": result["vision_warmup"][-1]["seconds"] if result["vision_warmup"] else 0.0}
-    from pathlib import Path
-
-    Path(args.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(_table(args.eval_split, m))
+    Path(cfg.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(_table(cfg.eval_split, m))
     raw = m["with_duplicates"]
     print(f"duplicate masks dropped: {m['n_duplicates']}; with them kept: gIoU {raw['giou']:.3f}, "
           f"cIoU {raw['ciou']:.3f}")
@@ -82,16 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _own_eval(args, family, result: dict, train_secs: float) -> int:
-    from pathlib import Path
-
-    m, text = family.evaluate(result["final"], root=args.shapes_root, split=args.eval_split,
-                              limit=args.eval_limit, progress=not args.no_progress)
+def _own_eval(cfg, family, result: dict, train_secs: float) -> int:
+    m, text = family.evaluate(result["final"], root=cfg.shapes_root, split=cfg.eval_split,
+                              limit=cfg.eval_limit, progress=not cfg.no_progress)
     hist = result["history"]
     summary = {"train_seconds": train_secs, "steps": result["steps"], "planned_steps": result["planned_steps"],
                "train_samples_per_s": hist[-1]["samples_per_s"] if hist else None,
-               "eval_split": args.eval_split, "eval": m, "final_checkpoint": result["final"]}
-    Path(args.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))
+               "eval_split": cfg.eval_split, "eval": m, "final_checkpoint": result["final"]}
+    Path(cfg.out, "eval.json").write_text(json.dumps(summary, indent=2, default=str))
     print(text)
     print(f"train {train_secs / 60:.1f} min, {result['steps']} steps; model: {result['final']}")
     return 0

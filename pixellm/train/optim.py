@@ -1,4 +1,4 @@
-"""The optimizer: AdamW parameter groups, and torch's fused AdamW kernel where it runs.
+"""The optimizer: AdamW over the trainable parameters, and torch's fused AdamW kernel where it runs.
 
 On CPU, ``torch.optim.AdamW`` defaults to its per-tensor loop (a few small kernels for each
 of ``pixellm-tiny``'s 308 parameter tensors): 37 ms a step on 2 CPU cores, against 9 ms for the
@@ -13,21 +13,9 @@ import torch
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs (for floating-point params)
 
 
-def param_groups(model, *, lr: float, head_lr_mult: float = 1.0, vision_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW groups: the mask head (the components the family trains fully, less the image
-    projector: PixelLM's codebook fusion, pixel decoder, phrase and region heads; LISA's
-    ``text_hidden_fcs`` and SAM decoder) at ``lr * head_lr_mult``, the vision tower at
-    ``lr * vision_lr_mult``, every other trainable parameter (projector, LLM, a trained SAM
-    encoder) at ``lr``; frozen ones are left out."""
-    head_modules = [m for name, (m, full) in model.trainable_components().items()
-                    if full and name != "projector"]
-    head = {id(p) for m in head_modules for p in m.parameters()}
-    vision = {id(p) for p in model.vision.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in head and id(p) not in vision], "lr": lr},
-              {"params": [p for p in trainable if id(p) in head], "lr": lr * head_lr_mult},
-              {"params": [p for p in trainable if id(p) in vision], "lr": lr * vision_lr_mult}]
-    return [g for g in groups if g["params"]]
+def param_groups(model, *, lr: float) -> list[dict]:
+    """The AdamW group: every trainable parameter at ``lr`` (frozen ones are left out)."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
 
 def adamw(params: Iterable, *, lr: float, betas=(0.9, 0.95), weight_decay: float = 0.0) -> torch.optim.AdamW:

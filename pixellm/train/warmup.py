@@ -2,24 +2,23 @@
 
 PixelLM starts from a pretrained CLIP tower; the tiny default has none and trains its tower
 from scratch. Through the joint loss the tower learns slowly: a joint step pays for the LLM on
-8 conversations and shows the tower only their 8 images, and after 1,900 such steps
-the model names objects that are not in the image in about half its phrases (the colour
-right, the shape wrong). This stage (``pixellm-train --vision-warmup STEPS``, off by default)
-trains the tower alone, with the region-words head
+a batch of conversations and shows the tower only their few images, so the model long names
+objects with the right colour and the wrong shape. This stage (``pixellm-train --vision-warmup
+STEPS``, off by default) trains the tower alone, with the region-words head
 (:class:`~pixellm.codebook.RegionWordHead`), on the targets of the training questions: the
 mask-pooled patch features of each target predict its phrase's words
-(:meth:`~pixellm.codebook.RegionWordHead.object_loss`). Per image it costs about a tenth of a
-joint step on 2 CPU cores (138 images/s against 14 sequences/s), so 1,500 steps of 16 images
-(3 minutes) show the tower twice the images of a whole 1,300-step joint run. The joint run then
-starts from the warmed-up tower and head. The README has what it bought.
+(:meth:`~pixellm.codebook.RegionWordHead.object_sums`). An image costs far less here than in a
+joint step, so a short stage shows the tower more images than a whole joint run. The joint run
+then starts from the warmed-up tower and head; docs/experiments.md has what it bought.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -28,8 +27,6 @@ from ..image_io import load_image, resize_longest_and_pad, resize_mask_to_input
 from .budget import WarmupLinearDecay
 from .mixture import MixtureSampler
 from .optim import adamw
-
-_clock = time.perf_counter  # what the warm-up's seconds and images/s read (tests replace it)
 
 
 @dataclass
@@ -95,19 +92,19 @@ def collate_objects(batch: list[Objects]) -> dict:
 
 def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size: int, lr: float,
                    accelerator, seed: int = 0, warmup: int = 50, betas=(0.9, 0.95), clip: float = 1.0,
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True, clock: Callable[[], float] | None = None) -> list[dict]:
     """Train ``model.vision`` and ``model.region_head`` on object words for ``steps`` steps.
 
     Each step takes ``batch_size`` images per process (seeded per-epoch permutations of the
     dataset, every process its share of a global batch of ``batch_size * world``, as
-    :class:`~pixellm.train.mixture.MixtureSampler` splits them), averages the
-    processes' gradients and takes an AdamW step; the learning rate warms up over ``warmup``
+    :class:`~pixellm.train.mixture.MixtureSampler` splits them) and takes an AdamW step on the
+    global batch's mean loss (:func:`train_stage`); the learning rate warms up over ``warmup``
     steps and decays linearly to 5%. The model must not be wrapped by ``accelerator.prepare``
-    yet (its vision tower is trained here unwrapped, before the joint run).
+    yet (the stage prepares its own modules, before the joint run).
 
     Returns:
         one record per step: {"step", "object_words" (the loss), "lr", "images_per_s",
-        "seconds" (since the stage began)}.
+        "seconds" (since the stage began, on ``clock``)}.
     Raises:
         InputError: the model has no region head or a frozen vision tower, or the dataset is
             empty. TrainingDivergedError: a non-finite loss.
@@ -115,7 +112,6 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
     if getattr(model, "region_head", None) is None:
         raise InputError("the vision warm-up trains the region-words head: this model has none "
                          "(set --region-weight > 0, or --vision-warmup 0)")
-    params = [p for m in (model.vision, model.region_head) for p in m.parameters() if p.requires_grad]
     if not any(p.requires_grad for p in model.vision.parameters()):
         raise InputError("the vision warm-up needs a trainable vision tower (vision.freeze is set)")
     if len(dataset) == 0:
@@ -123,57 +119,104 @@ def warm_up_vision(model, dataset: ObjectWordDataset, *, steps: int, batch_size:
     dev = accelerator.device
     model.vision.train()
     return train_stage(
-        params, dataset,
+        [model.vision, model.region_head], dataset,
         lambda batch: model.region_head.object_sums(model.vision(batch["pixels"].to(dev))[0], batch["masks"].to(dev),
                                                     batch["batch_index"].to(dev), batch["phrases"]),
         steps=steps, batch_size=batch_size, lr=lr, accelerator=accelerator, seed=seed, warmup=warmup,
-        betas=betas, clip=clip, progress=progress, name="vision warm-up", key="object_words")
+        betas=betas, clip=clip, progress=progress, name="vision warm-up", key="object_words", clock=clock)
 
 
-def train_stage(params: list[torch.Tensor], dataset: Dataset, step_sums, *, steps: int, batch_size: int,
-                lr: float, accelerator, seed: int, warmup: int, betas, clip: float, progress: bool,
-                name: str, key: str) -> list[dict]:
+class Stage(nn.Module):
+    """What ``accelerator.prepare`` wraps for a warm-up stage: the modules it trains (or, given
+    bare parameters, those), with ``step_sums`` as its forward.
+
+    ``step_sums`` may reach the modules through the model that owns them: DDP hooks the
+    parameters themselves, so their gradients are averaged over the processes either way.
+    """
+
+    def __init__(self, trained: Sequence[nn.Module | torch.Tensor], step_sums: Callable[[dict], tuple]) -> None:
+        super().__init__()
+        self.trained = nn.ModuleList([m for m in trained if isinstance(m, nn.Module)])
+        self.loose = nn.ParameterList([p for p in trained if not isinstance(p, nn.Module)])
+        self.step_sums = step_sums
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, float]:
+        return self.step_sums(batch)
+
+
+def train_stage(trained: Sequence[nn.Module | torch.Tensor], dataset: Dataset, step_sums, *, steps: int,
+                batch_size: int, lr: float, accelerator, seed: int, warmup: int, betas, clip: float, progress: bool,
+                name: str, key: str, clock: Callable[[], float] | None = None) -> list[dict]:
     """The loop of a warm-up stage (vision on object words, LISA's SAM on point prompts).
+
+    The modules in ``trained`` (or bare parameters) and an AdamW over their trainable parameters
+    go through ``accelerator.prepare`` (DDP averages the gradients, autocast and the fp16 scaler
+    apply as in the joint run) and are released from the accelerator afterwards, so the joint
+    run's checkpoints hold only its own model and optimizer. The stage runs under DDP or one
+    process; not under FSDP (its sharding would take over the modules the joint run prepares
+    again), nor DeepSpeed.
 
     Each step takes ``batch_size`` items per process (seeded shares of a global batch, as
     :class:`~pixellm.train.mixture.MixtureSampler` splits them), computes
-    ``step_sums(batch) -> (loss summed over the process's targets, their count)`` under
-    autocast, scales it to the mean over the global batch's targets, averages the processes'
-    gradients and takes an AdamW step over ``params``; the learning rate warms up over
-    ``warmup`` steps and decays linearly to 5%.
+    ``step_sums(batch) -> (loss summed over the process's targets, their count)``, scales it to
+    the mean over the global batch's targets and takes an AdamW step (one batch a step, whatever
+    the joint run's gradient accumulation); the learning rate warms up over ``warmup`` steps and
+    decays linearly to 5%.
 
     Returns:
-        one record per step: {"step", ``key`` (the loss), "lr", "images_per_s", "seconds"}.
+        one record per step: {"step", ``key`` (the loss), "lr", "images_per_s", "seconds"}
+        (seconds on ``clock``, default ``time.perf_counter``).
     Raises:
-        TrainingDivergedError: a non-finite loss.
+        InputError: under FSDP or DeepSpeed. TrainingDivergedError: a non-finite loss.
     """
-    world, rank = accelerator.num_processes, accelerator.process_index
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise InputError(f"the {name} (--vision-warmup) runs under DDP or on one process, not under "
+                         f"{accelerator.distributed_type.value}; pass --vision-warmup 0")
+    clock = clock or time.perf_counter
+    stage = Stage(trained, step_sums)
+    params = [p for p in stage.parameters() if p.requires_grad]
     opt = adamw(params, lr=lr, betas=betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupLinearDecay(warmup=min(warmup, steps), total=steps, min_ratio=0.05))
+    accumulation = accelerator.gradient_accumulation_steps
+    accelerator.gradient_accumulation_steps = 1  # accelerator.backward divides the loss by it
+    wrapped, opt = accelerator.prepare(stage, opt)
+    try:
+        return _stage_steps(wrapped, opt, sched, dataset, accelerator, steps=steps, batch_size=batch_size, seed=seed,
+                            clip=clip, progress=progress, name=name, key=key, clock=clock)
+    finally:
+        accelerator.gradient_accumulation_steps = accumulation
+        del wrapped, opt
+        accelerator.free_memory()  # forget the stage's module and optimizer (and DDP's hooks on its parameters)
+
+
+def _stage_steps(wrapped, opt, sched, dataset: Dataset, accelerator, *, steps: int, batch_size: int, seed: int,
+                 clip: float, progress: bool, name: str, key: str, clock: Callable[[], float]) -> list[dict]:
+    """:func:`train_stage`'s steps on the prepared stage and optimizer."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    # the stage's own seeded shares of each global batch (MixtureSampler), as the joint run's loader
     loader = iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_objects,
                              sampler=MixtureSampler(sizes=[len(dataset)], rates=[1.0], seed=seed,
                                                     rank=rank, world=world)))
     bar = tqdm(total=steps, disable=not progress or not accelerator.is_main_process, desc=name,
                dynamic_ncols=True, mininterval=2.0)
-    history, t0 = [], _clock()
+    history, t0 = [], clock()
     for step in range(1, steps + 1):
-        batch = next(loader)
-        with accelerator.autocast():
-            total, count = step_sums(batch)
+        total, count = wrapped(next(loader))
         # The mean over the global batch's targets: each process scales its sum by the global
-        # count, so the processes' mean gradient is the one process's on the whole batch.
+        # count, so DDP's mean gradient is the one process's on the whole batch.
         count, total_sum = global_sums(accelerator, float(count), float(total.detach()))  # one collective
         loss = total * world / max(count, 1.0)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"non-finite {name} loss ({loss.item()}) at warm-up step {step}; stopping")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        average_grads(accelerator, params)
+        accelerator.backward(loss)
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            accelerator.clip_grad_norm_(wrapped.parameters(), clip)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         sched.step()
-        elapsed = _clock() - t0
+        elapsed = clock() - t0
         rec = {"step": step, key: total_sum / max(count, 1.0),
                "lr": sched.get_last_lr()[0], "images_per_s": step * batch_size * world / elapsed,
                "seconds": elapsed}
@@ -182,16 +225,6 @@ def train_stage(params: list[torch.Tensor], dataset: Dataset, step_sums, *, step
         bar.update(1)
     bar.close()
     return history
-
-
-def average_grads(accelerator, params: list[torch.Tensor]) -> None:
-    """Replace each gradient by its mean over the processes (one collective)."""
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
-    for p, g in zip(params, torch.split(flat, [g.numel() for g in grads])):
-        p.grad = g.view_as(p).clone()
 
 
 def global_sums(accelerator, *xs: float) -> list[float]:
