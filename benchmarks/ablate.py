@@ -5,9 +5,13 @@ and budget, then scored on the same splits.
   collapse at 4 blocks), scored as seen / unseen-composition / unseen-word mIoU with binary
   ``["other", label]`` sets (:mod:`pixellm.lseg.evaluate`);
 - ``--family lts``: with and without the position prior (the paper's central claim), scored on
-  the multi-referring split: order-aligned and set gIoU / cIoU (:mod:`pixellm.lts.evaluate`).
+  the multi-referring split: order-aligned and set gIoU / cIoU (:mod:`pixellm.lts.evaluate`);
+- ``--family dynrefer``: random multi-view vs a fixed single view, and multi-task vs
+  captioning alone (the paper's lines 1-13 in miniature), each multi-view model also read with
+  random instead of pHash-selected views at inference; scored on the regions files
+  (:mod:`pixellm.dynrefer.evaluate`).
 
-Variants are the family's tiny config with one field changed, written as JSON beside their run
+Variants are the family's tiny config with some fields changed, written as JSON beside their run
 (``RUNS/<variant>/``); an existing run is reused. Writes
 ``ablation_<family>_<device>_<dtype>_torch<ver>.{json,md}`` under ``--out``.
 
@@ -32,12 +36,18 @@ from pixellm.errors import CheckpointError, ConfigError, InputError
 
 from .machine import device_name
 
+# family -> (default base config, what varies, [(variant suffix, config overrides)])
 VARIANTS = {
-    "lseg": ("lseg-tiny", "reg_blocks", [0, 1, 2, 4]),
-    "lts": ("lts-tiny", "use_prior", [True, False]),
+    "lseg": ("lseg-tiny", "reg_blocks", [(f"reg-blocks-{v}", {"reg_blocks": v}) for v in (0, 1, 2, 4)]),
+    "lts": ("lts-tiny", "use_prior", [(f"use-prior-{str(v).lower()}", {"use_prior": v}) for v in (True, False)]),
+    "dynrefer": ("dynrefer-tiny", "views and tasks", [
+        ("multi-view-multi-task", {}),
+        ("single-view", {"views": {"num_views": 1, "fixed": []}}),
+        ("single-task", {"loss": {"tasks": ["caption"]}})]),
 }
-SPLITS = {"lseg": ["val", "test"], "lts": ["multi_ref"]}
-FRESH_SPLITS = {"lseg": ["test"], "lts": ["multi_ref"]}  # a fresh-seed dataset has test images only
+SPLITS = {"lseg": ["val", "test"], "lts": ["multi_ref"], "dynrefer": ["val"]}
+# a fresh-seed dataset has test images only
+FRESH_SPLITS = {"lseg": ["test"], "lts": ["multi_ref"], "dynrefer": ["test"]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,18 +71,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def variant_configs(family: str, runs: Path, base: str | None = None) -> dict[str, Path]:
     """variant name -> its config JSON (written under ``runs``): ``base`` (default the
-    family's tiny config) with the ablated field set to each value."""
-    default, field, values = VARIANTS[family]
+    family's tiny config) with each variant's overrides (nested sections updated)."""
+    default, _, variants = VARIANTS[family]
     base = base or default
     if base.endswith(".json"):
         base = add_model_config(base)
     if get_model_config(base).family != family:
         raise ConfigError(f"--base {base} is not a {family} config")
     out = {}
-    for v in values:
+    for suffix, overrides in variants:
         d = get_model_config(base).to_dict()
-        d[field] = v
-        name = f"{base}-{field.replace('_', '-')}-{str(v).lower()}"
+        for key, value in overrides.items():
+            d[key] = {**d[key], **value} if isinstance(value, dict) else value
+        name = f"{base}-{suffix}"
         d["name"] = name
         path = runs / name / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,9 +110,12 @@ def train_variant(name: str, config: Path, args: argparse.Namespace) -> Path:
     return final
 
 
-def score(family: str, final: Path, root: Path, split: str, args: argparse.Namespace) -> dict:
-    """One variant on one split: LSeg's mIoU groups or LTS's aligned / set scores (flat)."""
+def score(family: str, final: Path, root: Path, split: str, args: argparse.Namespace) -> list[dict]:
+    """One variant on one split: LSeg's mIoU groups, LTS's aligned / set scores, DynRefer's
+    caption / tag / attribute / recognition scores (one row per view mode at inference)."""
     progress = not args.no_progress
+    if family == "dynrefer":
+        return score_dynrefer(final, root, split, args)
     if family == "lseg":
         from pixellm.lseg.evaluate import evaluate_split
 
@@ -109,30 +123,53 @@ def score(family: str, final: Path, root: Path, split: str, args: argparse.Names
                            train_root=args.data)
         out = {g: v["miou"] for g, v in r["groups"].items()}
         seen = r["groups"].get("seen", {}).get("by_kind", {})
-        return out | {f"seen {k}": v for k, v in seen.items()}
+        return [out | {f"seen {k}": v for k, v in seen.items()}]
     from pixellm.lts import LTSPredictor
     from pixellm.lts.evaluate import evaluate_expressions
     from pixellm.muse import load_split
 
     r = evaluate_expressions(LTSPredictor.from_pretrained(final), load_split(root, split), limit=args.limit,
                              progress=progress)
-    return {"aligned gIoU": r["aligned"]["giou"], "aligned cIoU": r["aligned"]["ciou"],
-            "set gIoU": r["all"]["giou"], "set cIoU": r["all"]["ciou"], "expressions": r["n_expressions"]}
+    return [{"aligned gIoU": r["aligned"]["giou"], "aligned cIoU": r["aligned"]["ciou"],
+             "set gIoU": r["all"]["giou"], "set cIoU": r["all"]["ciou"], "expressions": r["n_expressions"]}]
+
+
+def score_dynrefer(final: Path, root: Path, split: str, args: argparse.Namespace) -> list[dict]:
+    """The config's view modes, then (multi-view models) random views at inference for both
+    captions and attributes."""
+    from pixellm.dynrefer import DynReferPredictor
+    from pixellm.dynrefer.evaluate import COLUMNS, evaluate_regions
+
+    model = from_pretrained(final)
+    modes = [None] + (["random"] if model.config.views.num_views > 1 else [])
+    rows = []
+    for mode in modes:
+        pred = DynReferPredictor(model, caption_views=mode, attribute_views=mode)
+        r = evaluate_regions(pred, root / f"regions_{split}.json", limit=args.limit or 600,
+                             progress=not args.no_progress)
+        rows.append({"views": f"{pred.modes['caption']} / {pred.modes['attributes']}",
+                     **{c: r[c] for c in COLUMNS}, "regions": r["regions"]})
+    return rows
 
 
 def to_markdown(report: dict) -> str:
+    from pixellm.evaluate import markdown_table
+
     m, rows = report["meta"], report["rows"]
     keys = [k for k in rows[0] if k not in ("variant", "split", "data", "steps", "train_seconds")]
-    head = ["variant", "data", "split", "steps", *keys]
+    text = [k for k in keys if isinstance(rows[0][k], str)]  # e.g. DynRefer's view modes
+    keys = text + [k for k in keys if k not in text]
+
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
+
     lines = [f"# {m['family']} ablation: {m['field']}", "",
              f"Each variant: `pixellm-train` with a {m['time_budget']}-minute budget (at most {m['steps']} steps) "
              f"on {m['data']}. Device: {m['device_name']}; torch {m['torch']}; {m['date']}; wall time "
-             f"{m['wall_minutes']:.1f} min. Command: `{m['command']}`.", "",
-             "| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
-    for r in rows:
-        vals = [r["variant"], r["data"], r["split"], r["steps"],
-                *(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys)]
-        lines.append("| " + " | ".join(map(str, vals)) + " |")
+             f"{m['wall_minutes']:.1f} min. Command: `{m['command']}`.", ""]
+    lines += markdown_table(["variant", "data", "split", *text, "steps", *keys[len(text):]],
+                            [[r["variant"], r["data"], r["split"], *(cell(r[k]) for k in text), r["steps"],
+                              *(cell(r[k]) for k in keys[len(text):])] for r in rows], left=3 + len(text))
     return "\n".join(lines) + "\n"
 
 
@@ -153,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 for split in splits if label == "data" else FRESH_SPLITS[args.family]:
                     print(f"ablate: {name} on {label} {split}", flush=True)
-                    rows.append({"variant": name, "data": label, "split": split, "steps": len(hist),
-                                 **score(args.family, final, root, split, args)})
+                    rows += [{"variant": name, "data": label, "split": split, "steps": len(hist), **r}
+                             for r in score(args.family, final, root, split, args)]
     except (ConfigError, InputError, CheckpointError) as e:
         print(f"pixellm-ablate: error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """``pixellm-bench``: score a checkpoint against trivial baselines, per split, in two modes.
 
-Modes: **generation** (the model writes its own answer; DESIGN §5 multi-target metrics with
+Modes: **generation** (the model writes its own answer; docs/design.md, Metrics multi-target metrics with
 Hungarian matching: the honest number) and **teacher-forced** (LISA protocol: the
 ground-truth answer is fed, masks are aligned by order; per-mask gIoU/cIoU), side by side.
 Baselines ("every object in the scene", "one random object", "the right number of random
@@ -27,6 +27,7 @@ number of targets; example overlays). Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -91,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-args", default="", help='the default run\'s pixellm-train arguments, e.g. "--steps 1500 --seed 0"')
     p.add_argument("--ablation-out", type=Path, default=None, help="variant runs (default: <checkpoint>/../ablation)")
     p.add_argument("--retrain", action="store_true", help="train variants again even if their runs exist")
+    p.add_argument("--targets-from", type=Path, default=None, metavar="SEG_DIR",
+                   help="a DynRefer checkpoint: also describe the targets this segmentation model predicts on val")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated ablation variants to train and bench (default: all of {', '.join(VARIANTS)})")
     return p
@@ -193,8 +196,8 @@ def run_ablation(args: argparse.Namespace, checkpoint: Path, predictor,
         {"split", "train_args", "runs", "rows": one per variant (default first) with its
          metrics, zero-target metrics, training stats and lead over the default, "note"}.
     """
+    from pixellm.checkpoint import load_predictor
     from pixellm.evaluate import evaluate_generation
-    from pixellm.families import load_predictor
 
     out_dir = args.ablation_out or checkpoint.parent / "ablation"
     kw = dict(batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress)
@@ -255,7 +258,7 @@ def _meta(args: argparse.Namespace, predictor, checkpoint: Path, argv: list[str]
 def _setup(args: argparse.Namespace):
     """(checkpoint, splits, fresh (seed, splits) or None, the ablation's val split or None,
     predictor); InputError early."""
-    from pixellm.families import load_predictor
+    from pixellm.checkpoint import load_predictor
 
     checkpoint = check_checkpoint(args.checkpoint)
     sets, val = eval_sets(args), None
@@ -269,6 +272,14 @@ def _setup(args: argparse.Namespace):
     return checkpoint, sets, fresh, val, predictor
 
 
+def _family(checkpoint: Path) -> str | None:
+    """The family named by a checkpoint's config (None when it has none to read)."""
+    try:
+        return json.loads((Path(checkpoint) / "config.json").read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Bench, write JSON/Markdown/PNG, print the Markdown.
 
@@ -278,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if _family(args.checkpoint) == "dynrefer":  # a describer: the region-description report
+        from .describe import bench_describer
+
+        return bench_describer(args, argv)
     try:
         checkpoint, sets, fresh, val, predictor = _setup(args)
     except (InputError, CheckpointError) as e:

@@ -31,6 +31,7 @@ import torch
 
 from pixellm.config import add_model_config, get_model_config
 from pixellm.errors import CheckpointError, ConfigError, InputError
+from pixellm.evaluate import markdown_table
 from pixellm.families import get_family
 
 from .baselines import evaluate_baselines
@@ -317,12 +318,6 @@ def _f(x, digits=3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list], *, left: int = 2) -> list[str]:
-    """Markdown table lines; the first ``left`` (text) columns left-aligned, numbers right."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * left + "---:|" * (len(header) - left),
-            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
-
-
 def to_markdown(report: dict) -> str:
     """The report as Markdown: quality per model and split, compute per model, the verdict."""
     meta, rows = report["meta"], report["rows"]
@@ -357,14 +352,14 @@ def to_markdown(report: dict) -> str:
         "teacher-forced: the true answer fed, masks aligned by order (LISA protocol); zero-target rate: "
         "share of 0-target questions answered with no mask; trivial: the best trivial answer "
         "(gIoU / cIoU).", "",
-        *_table(["model", "split", "n", "gIoU", "cIoU", "count acc", "P@0.5", "R@0.5", "TF gIoU", "TF cIoU",
-                 "zero-target rate", "trivial"], q), "",
+        *markdown_table(["model", "split", "n", "gIoU", "cIoU", "count acc", "P@0.5", "R@0.5", "TF gIoU", "TF cIoU",
+                 "zero-target rate", "trivial"], q, left=2), "",
         "## Training and compute", "",
         "FLOPs per query (1 image, K targets, the flops harness's answer budget) for the tiny config "
         "(GFLOPs) and its family's real-scale configs (TFLOPs; meta device, multiply-add = 2); "
         "train min: the optimizer steps' wall time; latency: median ms "
         "per query of the tiny config on this CPU, random weights.", "",
-        *_table(["model", "train min", "steps", *(f"tiny GFLOPs K={k}" for k in KS), *size_cols,
+        *markdown_table(["model", "train min", "steps", *(f"tiny GFLOPs K={k}" for k in KS), *size_cols,
                  *(f"ms K={k}" for k in KS)], c, left=1)]
     notes = _notes(rows)
     if notes:
@@ -456,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0; 2 on bad input (unknown model, missing data); 1 if a model failed to train.
     """
-    from pixellm.families import load_predictor
+    from pixellm.checkpoint import load_predictor
 
     args = _parser().parse_args(argv)
     start = time.perf_counter()

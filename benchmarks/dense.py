@@ -14,11 +14,11 @@ import torch
 from pixellm.build import build_model
 from pixellm.config import get_model_config
 
-from .flop_utils import build_on, count_flops, median_ms, synchronizer
+from .flop_utils import count_flops, median_ms, synchronizer
 
 
 def _model(name: str, device: str | torch.device):
-    with build_on(device):
+    with torch.device(device):
         model = build_model(get_model_config(name), load_weights=False)
     return model.eval().requires_grad_(False)
 

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
-import open_clip
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -57,28 +56,6 @@ def count_flops(fn: Callable[[], R]) -> tuple[R, int]:
 def affine_sum(first: int, slope: int, n: int) -> int:
     """``sum(first + slope * i for i in range(n))``: total decode FLOPs of n cached steps."""
     return n * first + slope * n * (n - 1) // 2
-
-
-@contextmanager
-def build_on(device: str | torch.device) -> Iterator[None]:
-    """Build modules on ``device`` ("meta": shapes only, no memory, no weights).
-
-    Why the patch: ``open_clip.create_model`` moves the model to its ``device`` argument,
-    default "cpu", which fails for meta parameters; here it defaults to the ambient device.
-    A no-op once :func:`pixellm.vision.create_open_clip_visual` passes ``device`` itself.
-    """
-    original = open_clip.create_model
-
-    def create_model(*args, **kwargs):
-        kwargs.setdefault("device", torch.get_default_device())
-        return original(*args, **kwargs)
-
-    open_clip.create_model = create_model
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        open_clip.create_model = original
 
 
 # -- the query ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from transformers import DynamicCache, SamModel
 
 from pixellm.build import build_model
 from pixellm.config import get_model_config
+from pixellm.evaluate import markdown_table
 from pixellm.lisa import build_sam
 from pixellm.llm import build_causal_lm
 from pixellm.vision import create_open_clip_visual
@@ -41,7 +42,6 @@ from .flop_utils import (
     QueryBudget,
     affine_sum,
     bandwidth_bytes_per_s,
-    build_on,
     count_flops,
     decode_step,
     prefill,
@@ -51,7 +51,7 @@ from .flop_utils import (
 from .machine import device_name
 
 COMPONENTS = ("vision", "llm_prefill", "llm_decode", "target_proj", "mask_encoder", "mask_decoder")
-# Independent measurements (shared/DESIGN.md section 6), FLOPs with multiply-add = 2.
+# Independent measurements (docs/design.md, FLOPs), FLOPs with multiply-add = 2.
 ANCHORS = {"SAM ViT-H encoder @1024": 5.96e12, "CLIP ViT-L/14 @336": 0.38e12,
            "LLaMA-7B prefill, 640 tokens": 8.67e12}
 
@@ -76,7 +76,7 @@ def config_pipeline(name: str, *, device: str | torch.device = "meta",
     no memory); a LISA one takes real SAM weights from a ``SamModel.save_pretrained``
     directory ``sam_weights``, and ``merged`` (None: the config's) counts one mask per answer."""
     cfg = get_model_config(name)
-    with build_on(device):
+    with torch.device(device):  # "meta": shapes only, no memory, no weights
         model = build_model(cfg, load_weights=False, dtype=dtype)
         if cfg.family == "lisa" and sam_weights is not None:
             real = SamModel.from_pretrained(sam_weights, dtype=dtype)
@@ -150,8 +150,8 @@ def flop_matrix(sizes: list[str], ks: list[int], budget: QueryBudget
 
 
 def anchor_flops() -> dict[str, int]:
-    """FLOPs of the DESIGN section 6 anchors, counted on meta (whole towers, as measured there)."""
-    with build_on("meta"):
+    """FLOPs of the :data:`ANCHORS`, counted on meta (whole towers, as measured there)."""
+    with torch.device("meta"):
         sam = build_sam(get_model_config("lisa-7b").sam, load_weights=False).eval().requires_grad_(False)
         clip = create_open_clip_visual(model_name="ViT-L-14-336", image_size=336).eval()
         llm_config = get_model_config("pixellm-7b").llm.config
@@ -205,12 +205,6 @@ def _tf(x: float) -> str:
     return f"{x / 1e12:.4f}"
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    """Markdown table lines; the first column left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-
-
 def _budget_note(report: dict) -> str:
     b = report["budget"]
     return (f"FLOPs counted on the meta device with FlopCounterMode (multiply-add = 2), torch "
@@ -231,11 +225,11 @@ def to_markdown(report: dict) -> str:
     anchors = [[a["anchor"], _tf(a["counted"]), _tf(a["reference"]), f"{a['deviation']:+.2%}"]
                for a in report["anchors"]]
     lines = ["# Compute per query: PixelLM vs LISA (SAM ViT-H at real scale)", "", _budget_note(report), "",
-             *_table(["pipeline", "K", "prompt", "block", "T", *COMPONENTS, "total"], flops), "",
+             *markdown_table(["pipeline", "K", "prompt", "block", "T", *COMPONENTS, "total"], flops), "",
              "## PixelLM / LISA, TFLOPs per query", "",
-             *_table(["size", "K", "PixelLM", "LISA", "ratio"], ratios), "",
-             "## Anchors (shared/DESIGN.md section 6), TFLOPs", "",
-             *_table(["anchor", "counted", "reference", "deviation"], anchors)]
+             *markdown_table(["size", "K", "PixelLM", "LISA", "ratio"], ratios), "",
+             "## Anchors (docs/design.md, FLOPs), TFLOPs", "",
+             *markdown_table(["anchor", "counted", "reference", "deviation"], anchors)]
     if report["latency"]:
         lines += ["", *_latency_markdown(report)]
     return "\n".join(lines) + "\n"
@@ -254,7 +248,7 @@ def _latency_markdown(report: dict) -> list[str]:
     header = ["pipeline", "K", *COMPONENTS, "total", "decode ms/token", "bound ms/token",
               "peak MiB"]
     return [f"## Latency, {meta['device_name']} ({meta['dtype']}), median ms", "",
-            *_table(header, rows)]
+            *markdown_table(header, rows)]
 
 
 def plot_stacked(rows: list[dict], path: Path, *, ymax: float) -> None:

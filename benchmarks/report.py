@@ -11,6 +11,8 @@ import re
 import textwrap
 from pathlib import Path
 
+from pixellm.evaluate import markdown_table
+
 from .baselines import LABELS
 
 METRICS = ("giou", "ciou", "count_acc", "precision50", "recall50")
@@ -45,12 +47,6 @@ def _clean(obj):
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
-
-
-def _table(header: list[str], rows: list[list], *, left: int = 1) -> list[str]:
-    """Markdown table lines; the first ``left`` (text) columns left-aligned, numbers right."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * left + "---:|" * (len(header) - left)]
-    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
 
 
 # -- Markdown -------------------------------------------------------------------------------
@@ -94,7 +90,7 @@ def _method_rows(r: dict, part: str) -> list[tuple[str, dict | None]]:
 
 def _metric_table(r: dict, part: str) -> list[str]:
     rows = [[label, *(_f(m.get(k)) for k in METRICS)] for label, m in _method_rows(r, part) if m]
-    return _table(["method", *HEADER], rows)
+    return markdown_table(["method", *HEADER], rows)
 
 
 def _by_k_table(r: dict) -> list[str]:
@@ -103,7 +99,7 @@ def _by_k_table(r: dict) -> list[str]:
     rows = [["questions", *(n_by_k[k] for k in ks)]]
     for label, m in _method_rows(r, "all"):
         rows.append([label, *(_f(m["giou_by_k"].get(k)) for k in ks)])
-    return _table(["gIoU by number of targets K", *(f"K={k}" for k in ks)], rows)
+    return markdown_table(["gIoU by number of targets K", *(f"K={k}" for k in ks)], rows)
 
 
 def _confidence_line(gen: dict) -> str:
@@ -130,7 +126,7 @@ def _confidence_table(report: dict) -> list[str]:
              "score calibration in the checkpoint).")
     return ["Per-target confidence (the predictor's score; a hit is a kept target matched to a "
             "true one at IoU >= 0.5; AUROC – when all are hits or all misses) and the share of "
-            "zero-target questions answered with no mask." + where, "", *_table(header, rows)]
+            "zero-target questions answered with no mask." + where, "", *markdown_table(header, rows)]
 
 
 def fresh_markdown(report: dict) -> list[str]:
@@ -148,7 +144,7 @@ def fresh_markdown(report: dict) -> list[str]:
     return [f"## Fresh seed {fresh['seed']}", "",
             f"Scenes generated with seed {fresh['seed']} (`{fresh['data']}`), never trained on nor "
             f"used to pick the checkpoint; gaps are to {ref}, generated answers.", "",
-            *_table(header, rows), ""]
+            *markdown_table(header, rows), ""]
 
 
 def _set_section(r: dict, files: dict[str, str]) -> list[str]:
@@ -197,7 +193,7 @@ def ablation_markdown(ab: dict) -> list[str]:
     header = ["variant", "what", "flags", *HEADER, "Δ gIoU", "Δ cIoU", "train samples/s", "steps"]
     lines = [f"## Ablation ({ab['split']}, generated answers, same seed and budget)", "",
              f"Training arguments: `{' '.join(ab['train_args']) or '(pixellm-train defaults)'}`; "
-             f"runs in `{ab['runs']}`.", "", *_table(header, rows, left=3)]
+             f"runs in `{ab['runs']}`.", "", *markdown_table(header, rows, left=3)]
     return lines + (["", f"**Warning:** {ab['note']}"] if ab["note"] else [])
 
 
@@ -213,7 +209,7 @@ def _throughput(report: dict) -> list[str]:
              _f((r["teacher_forced"] or {}).get("queries_per_s"), 1)] for r in all_sets(report)]
     return ["## Throughput", "", f"- {train}",
             f"- evaluation on {meta['device_name']} ({meta['dtype']}, batch {meta['batch_size']}):",
-            "", *_table(["split", "generation queries/s", "teacher-forced queries/s"], rows)]
+            "", *markdown_table(["split", "generation queries/s", "teacher-forced queries/s"], rows)]
 
 
 def to_markdown(report: dict, files: dict[str, dict[str, str]] | None = None) -> str:
@@ -225,9 +221,9 @@ def to_markdown(report: dict, files: dict[str, dict[str, str]] | None = None) ->
              f"Checkpoint `{meta['checkpoint']}`; {meta['device_name']}, {meta['dtype']}, torch "
              f"{meta['torch']}; limit {meta['limit'] or 'none'}; baseline seed {meta['seed']}; "
              f"{meta['date']}. Command: `{meta['command']}`.", "", verdict(report), "",
-             "Generated answers (DESIGN §5: Hungarian matching, unmatched masks count) vs the best "
+             "Generated answers (docs/design.md, Metrics: Hungarian matching, unmatched masks count) vs the best "
              "trivial baseline per metric; TF = teacher-forced (LISA protocol), for reference.", "",
-             *_table(header, _summary_rows(report)), ""]
+             *markdown_table(header, _summary_rows(report)), ""]
     if report.get("fresh"):
         lines += fresh_markdown(report)
     lines += [*_confidence_table(report), "", *_throughput(report), ""]

@@ -2,7 +2,7 @@
 phrase-supervision heads that train the fused embeddings (and the vision patches under each
 target) to name their targets."""
 
-from .fusion import FUSION_MODES, PROJECTIONS, CodebookFusion, gather_blocks
+from .fusion import FUSION_MODES, CodebookFusion, gather_blocks
 from .phrase import PhraseHead, RegionWordHead, block_phrases, phrase_bags
 from .tokens import (
     BlockParse,
@@ -15,7 +15,6 @@ from .tokens import (
 
 __all__ = [
     "FUSION_MODES",
-    "PROJECTIONS",
     "BlockParse",
     "CodebookFusion",
     "PhraseHead",

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FUSION_MODES", "PROJECTIONS", "CodebookFusion", "gather_blocks"]
+__all__ = ["FUSION_MODES", "CodebookFusion", "gather_blocks"]
 
 FUSION_MODES = ("linear", "mean")
-PROJECTIONS = ("mlp", "linear")
 
 
 def gather_blocks(
@@ -70,7 +69,6 @@ class CodebookFusion(nn.Module):
         num_scales: int,
         tokens_per_scale: int,
         fusion: str = "linear",
-        projection: str = "mlp",
     ) -> None:
         """Build the projection and fusion.
 
@@ -80,19 +78,13 @@ class CodebookFusion(nn.Module):
             num_scales: L, scales per block (scale 0 = deepest).
             tokens_per_scale: N, codebook tokens per scale.
             fusion: ``"linear"`` (learned) or ``"mean"`` (fixed).
-            projection: ``"mlp"`` (LISA / PixelLM) or ``"linear"``.
         """
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
         self.num_scales, self.tokens_per_scale, self.fusion = num_scales, tokens_per_scale, fusion
-        if projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
-        self.projection = projection
-        self.proj = (
-            nn.Sequential(nn.Linear(llm_dim, llm_dim), nn.ReLU(), nn.Linear(llm_dim, out_dim))
-            if projection == "mlp" else nn.Linear(llm_dim, out_dim)
-        )
+        # the block's hidden states to the decoder width: LISA's / PixelLM's MLP
+        self.proj = nn.Sequential(nn.Linear(llm_dim, llm_dim), nn.ReLU(), nn.Linear(llm_dim, out_dim))
         mean = torch.full((num_scales, tokens_per_scale), 1.0 / tokens_per_scale)
         if fusion == "linear":
             self.scale_weight = nn.Parameter(mean)  # (L, N)
@@ -129,4 +121,4 @@ class CodebookFusion(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_scales={self.num_scales}, tokens_per_scale={self.tokens_per_scale}, "
-                f"fusion={self.fusion!r}, projection={self.projection!r}")
+                f"fusion={self.fusion!r}")

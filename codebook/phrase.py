@@ -135,12 +135,12 @@ class RegionWordHead(nn.Module):
     """Region words: each vision patch under a target's mask predicts that target's phrase words.
 
     A CLIP tower trained from scratch learns what an object *is* only through the LLM's text
-    loss, which reaches a patch's features indirectly and slowly: the tiny default named
-    objects that are not in the image in about two thirds of its generated phrases. This head
-    gives the tower's deep patch features (the ones the LLM reads) a direct, dense signal from
-    the same answers: a linear read-out of the bag of phrase words at every patch, weighted by
-    the fraction of the patch the target's ground-truth mask covers. It stands in for the
-    pretraining a real CLIP tower brings, so real-scale configs leave it off.
+    loss, which reaches a patch's features indirectly and slowly, so a small model trained
+    this way names objects that are not in the image. This head gives the tower's deep patch
+    features (the ones the LLM reads) a direct, dense signal from the same answers: a linear
+    read-out of the bag of phrase words at every patch, weighted by the fraction of the patch
+    the target's ground-truth mask covers. It stands in for the pretraining a real CLIP tower
+    brings, so real-scale configs leave it off.
 
     Args:
         in_dim: C, the vision tower's width.
@@ -155,8 +155,8 @@ class RegionWordHead(nn.Module):
         """feats (B, C, g, g) patch features -> (B, g*g, V) word logits."""
         return self.proj(feats.flatten(2).transpose(1, 2))
 
-    def loss(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
-             phrases: Sequence[Sequence[int]]) -> Tensor:
+    def sums(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
+             phrases: Sequence[Sequence[int]]) -> tuple[Tensor, float]:
         """Coverage-weighted soft cross-entropy between patch word predictions and phrase bags.
 
         Args:
@@ -166,22 +166,31 @@ class RegionWordHead(nn.Module):
             phrases: K lists of token ids (:func:`block_phrases`).
 
         Returns:
-            float32 scalar ``sum_kp w_kp ce_kp / sum_kp w_kp``, where ``w_kp`` is the fraction
-            of patch p that mask k covers (0 for an empty phrase) and ``ce_kp`` the soft
-            cross-entropy of the patch's prediction (in image ``batch_index[k]``) against
-            phrase k's bag; 0 (attached to the graph) when no patch is covered.
+            ``(total, weight)``: the float32 scalar ``sum_kp w_kp ce_kp`` (with graph) and the
+            float ``sum_kp w_kp``, where ``w_kp`` is the fraction of patch p that mask k covers
+            (0 for an empty phrase) and ``ce_kp`` the soft cross-entropy of the patch's
+            prediction (in image ``batch_index[k]``) against phrase k's bag; (0 attached to the
+            graph, 0.0) when no patch is covered. The loss is their ratio; the two sums let
+            processes holding parts of a batch form the global mean.
         """
-        total, weight = self.sums(feats, masks, batch_index, phrases)
-        return total / max(weight, 1e-6)
+        k = _check_targets(feats, masks, batch_index, phrases)
+        logp = F.log_softmax(self(feats).float(), dim=-1)  # (B, P, V)
+        if k == 0:
+            return logp.sum() * 0.0, 0.0
+        bags, keep = phrase_bags(phrases, logp.shape[-1], logp.device)
+        cover = F.adaptive_avg_pool2d(masks[:, None].float(), feats.shape[-2:]).flatten(1)  # (K, P)
+        weight = cover * keep[:, None]
+        ce = -torch.einsum("kv,kpv->kp", bags, logp[batch_index])  # (K, P)
+        return (weight * ce).sum(), float(weight.sum())
 
-    def object_loss(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
-                    phrases: Sequence[Sequence[int]]) -> Tensor:
+    def object_sums(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
+                    phrases: Sequence[Sequence[int]]) -> tuple[Tensor, int]:
         """Object words: the mask-pooled patch features of each target predict its phrase's bag.
 
         Used to pre-train the vision tower (:mod:`pixellm.train.warmup`): pooling lets all the
         patches an object covers name it together, which a tower learns faster than every
-        patch naming it alone (:meth:`loss`). As the read-out is linear, the pooled logits are
-        the coverage-weighted mean of the patch logits :meth:`loss` scores, so the two losses
+        patch naming it alone (:meth:`sums`). As the read-out is linear, the pooled logits are
+        the coverage-weighted mean of the patch logits :meth:`sums` scores, so the two losses
         train the same head.
 
         Args:
@@ -191,17 +200,13 @@ class RegionWordHead(nn.Module):
             phrases: K lists of token ids; repeats count once.
 
         Returns:
-            float32 scalar ``mean_k -sum_v q_k[v] log softmax(W f_k + b)[v]``, ``f_k`` the
-            features averaged with weights = the fraction of each patch mask k covers, over the
-            targets with a non-empty phrase and mask; 0 (attached to the graph) when none.
+            ``(total, count)``: ``total`` the float32 scalar (with graph)
+            ``sum_k -sum_v q_k[v] log softmax(W f_k + b)[v]``, ``f_k`` the features averaged
+            with weights = the fraction of each patch mask k covers, over the ``count`` targets
+            with a non-empty phrase and mask (0 and 0, attached to the graph, when none). The
+            loss is ``total / max(count, 1)``; the sum and count let processes holding parts of
+            a batch form the global mean.
         """
-        total, count = self.object_sums(feats, masks, batch_index, phrases)
-        return total / max(count, 1)
-
-    def object_sums(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
-                    phrases: Sequence[Sequence[int]]) -> tuple[Tensor, int]:
-        """The numerator and denominator of :meth:`object_loss`: (sum over the scored targets
-        (with graph), their number), so processes holding parts of a batch can form the mean."""
         k = _check_targets(feats, masks, batch_index, phrases)
         if k == 0:
             return feats.sum() * 0.0, 0
@@ -215,17 +220,3 @@ class RegionWordHead(nn.Module):
         if not bool(keep.any()):
             return logp.sum() * 0.0, 0
         return -(bags[keep] * logp[keep]).sum(), int(keep.sum())
-
-    def sums(self, feats: Tensor, masks: Tensor, batch_index: Tensor,
-             phrases: Sequence[Sequence[int]]) -> tuple[Tensor, float]:
-        """The numerator and denominator of :meth:`loss`: ``(sum_kp w_kp ce_kp`` (with graph),
-        ``sum_kp w_kp)``, so processes holding parts of a batch can form the global mean."""
-        k = _check_targets(feats, masks, batch_index, phrases)
-        logp = F.log_softmax(self(feats).float(), dim=-1)  # (B, P, V)
-        if k == 0:
-            return logp.sum() * 0.0, 0.0
-        bags, keep = phrase_bags(phrases, logp.shape[-1], logp.device)
-        cover = F.adaptive_avg_pool2d(masks[:, None].float(), feats.shape[-2:]).flatten(1)  # (K, P)
-        weight = cover * keep[:, None]
-        ce = -torch.einsum("kv,kpv->kp", bags, logp[batch_index])  # (K, P)
-        return (weight * ce).sum(), float(weight.sum())

@@ -4,7 +4,7 @@ Building blocks (``Attention``, ``LayerNorm2d``, ``SinePositionEncoding``, ``Mas
 ``pixellm.decoder.transformer``, ``.common`` and ``.pixel_decoder``.
 """
 
-from .losses import dice_loss, iou_loss, mask_iou, mask_losses, refinement_weights, total_loss
+from .losses import dice_loss, iou_loss, mask_iou, mask_losses, refinement_weights
 from .pixel_decoder import DecoderOutput, PixelDecoder, postprocess_masks, scale_factors
 from .transformer import TwoWayTransformer
 
@@ -19,5 +19,4 @@ __all__ = [
     "postprocess_masks",
     "refinement_weights",
     "scale_factors",
-    "total_loss",
 ]

@@ -2,7 +2,8 @@
 
 Conventions: every term is computed per mask (mean over its pixels for BCE, soft Dice over its
 pixels) and then averaged over the K masks of the batch. The text cross-entropy is computed
-by the model; :func:`total_loss` adds the two.
+by the model (:class:`pixellm.model.PixelLM`), whose loss is ``ce_weight * ce`` plus the
+``"mask"`` term of :func:`mask_losses`.
 
 Target refinement (PixelLM): a pixel that two or more *predicted* masks of the same question
 claim (logit > 0, no gradient through the claim) gets weight ``refine_alpha`` in the BCE of
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["dice_loss", "iou_loss", "mask_iou", "mask_losses", "refinement_weights", "total_loss"]
+__all__ = ["dice_loss", "iou_loss", "mask_iou", "mask_losses", "refinement_weights"]
 
 
 def dice_loss(logits: Tensor, targets: Tensor, *, smooth: float = 1.0) -> Tensor:
@@ -148,16 +149,3 @@ def iou_loss(iou_logits: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
     entropy = -(torch.xlogy(t, t) + torch.xlogy(1 - t, 1 - t))  # (K,) the BCE's floor
     return (bce - entropy).mean()
 
-
-def total_loss(*, ce: Tensor, mask_parts: dict[str, Tensor], ce_weight: float = 1.0) -> Tensor:
-    """The training objective.
-
-    Args:
-        ce: scalar text cross-entropy.
-        mask_parts: the dict from :func:`mask_losses`.
-        ce_weight: weight of ``ce``.
-
-    Returns:
-        Scalar ``ce_weight * ce + mask_parts["mask"]``.
-    """
-    return ce_weight * ce + mask_parts["mask"]

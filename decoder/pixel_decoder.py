@@ -53,15 +53,12 @@ class DecoderOutput:
 
     Attributes:
         logits: (K, H', W') final mask logits at the finest scale's resolution.
-        per_scale: one (K, h_s * f_s, w_s * f_s) logit map per scale, deepest first, for deep
-            supervision (``f_s`` from :func:`scale_factors`).
         iou_logits: (K,) logits of the predicted IoU of each final binarised mask with its
             ground truth (:attr:`iou` is their sigmoid); None for a decoder built without
             the IoU head.
     """
 
     logits: Tensor
-    per_scale: list[Tensor]
     iou_logits: Tensor | None = None
 
     @property
@@ -226,8 +223,8 @@ class PixelDecoder(nn.Module):
             batch_index: (K,) int64, the image of each target.
 
         Returns:
-            :class:`DecoderOutput` with logits (K, h_L*f_L, w_L*f_L), the per-scale logits and
-            the IoU logits (K,) (None without the IoU head).
+            :class:`DecoderOutput` with logits (K, h_L*f_L, w_L*f_L) and the IoU logits (K,)
+            (None without the IoU head).
         """
         self._check(features, targets, batch_index)
         per_scale: list[Tensor] = []
@@ -247,7 +244,7 @@ class PixelDecoder(nn.Module):
         iou_logits = None
         if self.iou_prediction_head is not None:
             iou_logits = self.iou_prediction_head(torch.cat(iou_tokens, dim=-1))[:, 0]  # (K,)
-        return DecoderOutput(_combine(per_scale), per_scale, iou_logits)
+        return DecoderOutput(_combine(per_scale), iou_logits)
 
     def _check(self, features: Sequence[Tensor], targets: Tensor, batch_index: Tensor) -> None:
         """Raise ValueError on inputs of the wrong count or shape."""

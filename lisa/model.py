@@ -116,14 +116,14 @@ class Lisa(LLMSegmenter):
         k = prompts.shape[0]
         if k == 0:
             empty = emb.new_zeros(0, 4 * g, 4 * g) + prompts.sum() * 0  # keeps the graph
-            return DecoderOutput(empty, [empty], emb.new_zeros(0))
+            return DecoderOutput(empty, emb.new_zeros(0))
         image = emb[batch_index]  # (K, C, g, g)
         pe = self.sam.get_image_wide_positional_embeddings().to(image.dtype).expand(k, -1, -1, -1)
         dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(k, -1, g, g)
         masks, iou = self.sam.mask_decoder(image, pe, prompts[:, None, None].to(image.dtype),
                                            dense.to(image.dtype), multimask_output=False)
         logits = masks[:, 0, 0]  # (K, 4g, 4g)
-        return DecoderOutput(logits, [logits], iou[:, 0, 0])
+        return DecoderOutput(logits, iou[:, 0, 0])
 
     # -- training ------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

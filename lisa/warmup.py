@@ -50,8 +50,7 @@ def sam_prompted_masks(model, pixels: torch.Tensor, points: torch.Tensor, batch_
         input_boxes=None, input_masks=None)
     pe = model.sam.get_image_wide_positional_embeddings().to(emb.dtype).expand(k, -1, -1, -1)
     masks, iou = model.sam.mask_decoder(emb[batch_index], pe, sparse, dense, multimask_output=False)
-    logits = masks[:, 0, 0]
-    return DecoderOutput(logits, [logits], iou[:, 0, 0])
+    return DecoderOutput(masks[:, 0, 0], iou[:, 0, 0])
 
 
 def warm_up_sam(model, dataset: ObjectWordDataset, *, steps: int, batch_size: int, lr: float,

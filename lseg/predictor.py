@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from pixellm.checkpoint import from_pretrained
 from pixellm.decoder import postprocess_masks
+from pixellm.describe import DescribesTargets
 from pixellm.errors import InputError
 from pixellm.image_io import ImageLike, preprocess_images
 from pixellm.predictor import Prediction, Target, mask_bbox, mask_rle
@@ -64,7 +65,7 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     return out
 
 
-class LSegPredictor:
+class LSegPredictor(DescribesTargets):
     """Runs a trained :class:`~pixellm.lseg.LSeg` on raw images: numpy in, numpy out.
 
     Args:
@@ -135,17 +136,20 @@ class LSegPredictor:
                 raise InputError(f"batch item {i}: {e}") if len(images) > 1 else e from None
         return self._label_maps(self._preprocess(images), sets) if images else []
 
-    def predict(self, image: ImageLike, question: str) -> Prediction:
+    def predict(self, image: ImageLike, question: str, *, describe: bool = False) -> Prediction:
         """The question as one query label against ``"other"``: each connected component
         (8-connected) of its pixels is a target (phrase: the question; score: the mean
         probability of the label over the component).
 
+        ``describe``: describe each target (needs a describer, see :mod:`pixellm.describe`).
+
         Raises:
             InputError: a bad image, an empty question.
         """
-        return self.predict_batch([image], [question])[0]
+        return self.predict_batch([image], [question], describe=describe)[0]
 
-    def predict_batch(self, images: Sequence[ImageLike], questions: Sequence[str]) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageLike], questions: Sequence[str], *,
+                      describe: bool = False) -> list[Prediction]:
         """:meth:`predict` for ``questions[i]`` about ``images[i]``, in one forward pass."""
         if isinstance(questions, str) or len(images) != len(questions):
             raise InputError("predict_batch needs equal-length sequences of images and questions")
@@ -160,7 +164,7 @@ class LSegPredictor:
         if not images:
             return []
         maps = self._label_maps(self._preprocess(images), sets)
-        return [self._prediction(m) for m in maps]
+        return self._describe_all([self._prediction(m) for m in maps], images, describe)
 
     def _prediction(self, lm: LabelMap) -> Prediction:
         query = lm.labels[1]

@@ -14,6 +14,7 @@ import torch
 
 from pixellm.checkpoint import from_pretrained
 from pixellm.decoder import postprocess_masks
+from pixellm.describe import DescribesTargets
 from pixellm.errors import InputError
 from pixellm.image_io import ImageLike, preprocess_images
 from pixellm.predictor import Prediction, Target, mask_bbox, mask_rle
@@ -26,7 +27,7 @@ def check_expression(expression, where: str = "") -> str:
     return expression.strip()
 
 
-class LTSPredictor:
+class LTSPredictor(DescribesTargets):
     """Runs a trained :class:`~pixellm.lts.LTS` on raw images.
 
     Args:
@@ -87,13 +88,15 @@ class LTSPredictor:
         exprs = [check_expression(e, f"item {i}: " if len(expressions) > 1 else "") for i, e in enumerate(expressions)]
         return self._targets(images, exprs) if exprs else []
 
-    def predict_expressions(self, image: ImageLike, expressions: Sequence[str]) -> Prediction:
+    def predict_expressions(self, image: ImageLike, expressions: Sequence[str], *,
+                            describe: bool = False) -> Prediction:
         """Each expression of a multi-referring question run alone; the set as one prediction
-        (targets in expression order; empty masks and those below ``min_score`` rejected)."""
+        (targets in expression order; empty masks and those below ``min_score`` rejected);
+        ``describe``: describe each target (needs a describer, see :mod:`pixellm.describe`)."""
         if isinstance(expressions, str):
             raise InputError("expressions must be a list of strings")
         targets = self.segment_expressions([image] * len(expressions), expressions) if expressions else []
-        return self.prediction(targets)
+        return self._describe_all([self.prediction(targets)], [image], describe)[0]
 
     def prediction(self, targets: list[Target]) -> Prediction:
         """One expression's targets as a :class:`~pixellm.Prediction` (see
@@ -103,12 +106,13 @@ class LTSPredictor:
         answer = " and ".join(t.phrase for t in kept) + "." if kept else "nothing found."
         return Prediction(answer, kept, rejected=[t for t, k in zip(targets, keep) if not k])
 
-    def predict(self, image: ImageLike, question: str) -> Prediction:
+    def predict(self, image: ImageLike, question: str, *, describe: bool = False) -> Prediction:
         """The whole question as one expression (a referring model has no reasoning answer)."""
-        return self.predict_expressions(image, [check_expression(question)])
+        return self.predict_expressions(image, [check_expression(question)], describe=describe)
 
-    def predict_batch(self, images: Sequence[ImageLike], questions: Sequence[str]) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageLike], questions: Sequence[str], *,
+                      describe: bool = False) -> list[Prediction]:
         """:meth:`predict` per (image, question)."""
         if isinstance(questions, str) or len(images) != len(questions):
             raise InputError("predict_batch needs equal-length sequences of images and questions")
-        return [self.predict(img, q) for img, q in zip(images, questions)]
+        return [self.predict(img, q, describe=describe) for img, q in zip(images, questions)]

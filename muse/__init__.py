@@ -1,4 +1,5 @@
-"""MUSE-format data: readers, the procedural shapes dataset, and the metrics of DESIGN §5.
+"""MUSE-format data: readers, the procedural shapes dataset, and the metrics
+(docs/design.md, Metrics).
 
 Exports are resolved lazily so that ``import pixellm.muse.records`` (or reading data) does not
 import torch; ``MultiTargetIoU`` / ``ReferringIoU`` load torchmetrics on first use.

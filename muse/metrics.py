@@ -1,5 +1,5 @@
-"""Segmentation metrics of DESIGN §5 as torchmetrics ``Metric``s (summed states, so they sync
-across processes).
+"""Segmentation metrics (docs/design.md, Metrics) as torchmetrics ``Metric``s (summed states, so
+they sync across processes).
 
 Every mask is binarised first: float masks are logits (foreground where logit > 0); bool
 masks are used as they are. A pair whose union is empty (empty prediction on an empty

@@ -1,4 +1,5 @@
-"""Reader for MUSE-format JSON files (official layout, DESIGN §3), validated at load time."""
+"""Reader for MUSE-format JSON files (official layout, docs/design.md, Data formats), validated
+at load time."""
 
 from __future__ import annotations
 

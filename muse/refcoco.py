@@ -1,4 +1,5 @@
-"""refCOCO / refCOCO+ / refCOCOg readers (official layout, DESIGN §4) and multi-referring."""
+"""refCOCO / refCOCO+ / refCOCOg readers (official layout, docs/design.md, Data formats) and
+multi-referring."""
 
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def make_sample(source: str, refs: Sequence[Ref], expressions: Sequence[str], *,
 
 def multi_referring(dataset: RefCocoDataset, *,
                     group_sizes: Sequence[int] = (6, 5, 4)) -> list[Sample]:
-    """Join several expressions of each image into one multi-target question (DESIGN §4).
+    """Join several expressions of each image into one multi-target question (docs/design.md,
+    Data formats).
 
     Round ``j`` of an image takes the ``j``-th expression of each of its refs that has one,
     so the targets of a group are distinct objects; each round is cut into groups whose sizes

@@ -10,7 +10,6 @@ from .codebook import (
     PhraseHead,
     RegionWordHead,
     add_codebook_tokens,
-    codebook_token_names,
 )
 from .config import PixelLMConfig, get_model_config
 from .decoder import PixelDecoder
@@ -123,15 +122,14 @@ def build_pixellm(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizer
         projector=ImageProjector(in_dim=vision.width, out_dim=d_llm, pool=cfg.image_pool),
         llm=llm,
         fusion=CodebookFusion(llm_dim=d_llm, out_dim=dec.dim, num_scales=cb.num_scales,
-                              tokens_per_scale=cb.tokens_per_scale, fusion=cb.fusion,
-                              projection=cb.projection),
+                              tokens_per_scale=cb.tokens_per_scale, fusion=cb.fusion),
         decoder=PixelDecoder(in_dims=[vision.width] * cb.num_scales, dim=dec.dim,
                              num_scales=cb.num_scales, depth=dec.depth, heads=dec.heads,
                              mlp_dim=dec.mlp_dim, num_output_tokens=dec.num_output_tokens,
                              upscale=dec.upscale, iou_head=loss.iou_weight > 0),
         image_token_id=image_id, codebook_ids=codebook_ids, ce_weight=loss.ce_weight,
         bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, refine=loss.refine,
-        refine_alpha=loss.refine_alpha, block_ce=loss.block_ce,
+        refine_alpha=loss.refine_alpha,
         phrase_head=PhraseHead(in_dim=dec.dim * cb.num_scales, vocab_size=vocab)
         if loss.phrase_weight > 0 else None,
         phrase_weight=loss.phrase_weight,
@@ -142,12 +140,6 @@ def build_pixellm(config: PixelLMConfig | str, *, tokenizer: PreTrainedTokenizer
         model.to(dtype)
     model.config, model.tokenizer = cfg, tokenizer
     return model
-
-
-def codebook_tokens(cfg: PixelLMConfig) -> list[str]:
-    """The codebook token strings of ``cfg`` in block order."""
-    return codebook_token_names(num_scales=cfg.codebook.num_scales,
-                                tokens_per_scale=cfg.codebook.tokens_per_scale)
 
 
 def _family():

@@ -4,7 +4,8 @@ Layout of a checkpoint directory::
 
     config.json         the model config, naming its family (the LLM's and SAM's full
                         transformers configs inlined, so the directory is self-contained)
-    model.safetensors   every parameter and persistent buffer
+    model.safetensors   every parameter and persistent buffer (a tensor the model holds
+                        under several names, once: safetensors' ``load_model`` restores the others)
     tokenizer/          the tokenizer, codebook tokens included (families whose model brings
                         its own, as LSeg's text encoder, have none)
 """
@@ -12,21 +13,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
 
 
-def save_pretrained(model, directory: str | Path) -> Path:
+def save_pretrained(model, directory: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` (a built model of any family, with ``.config``/``.tokenizer``) to ``directory``.
+
+    ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. the full
+    weights an FSDP run gathers; its names are the unwrapped model's).
 
     The write goes to a temporary sibling first and is renamed into place, so an interrupted
     save never leaves a directory that looks complete.
@@ -36,12 +43,15 @@ def save_pretrained(model, directory: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(model.checkpoint_config(), indent=2))
-        seen: dict[int, str] = {}
-        tensors = {}
-        for k, v in model.state_dict().items():  # safetensors refuses shared storage: copy aliases
-            ptr = v.data_ptr()
-            tensors[k] = v.detach().clone().contiguous() if ptr in seen else v.detach().contiguous()
-            seen[ptr] = k
+        sd = model.state_dict() if state_dict is None else state_dict
+        aliases = _aliases(model)
+        tensors, seen = {}, set()
+        for k, v in sd.items():
+            if k in aliases:
+                continue
+            # storage shared otherwise (not one tensor under two names), which safetensors refuses: copied
+            tensors[k] = v.detach().clone().contiguous() if v.data_ptr() in seen else v.detach().contiguous()
+            seen.add(v.data_ptr())
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         from .families import family_of
 
@@ -55,6 +65,27 @@ def save_pretrained(model, directory: str | Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+_WRAPPERS = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
+
+
+def _aliases(model: torch.nn.Module) -> set[str]:
+    """State-dict names of tensors the model also holds under an earlier name (e.g. LISA's SAM
+    positional embedding, shared by two modules): safetensors stores shared storage once, and
+    ``load_model`` fills the other names from the one kept. Found by identity, so they are found
+    in an FSDP-wrapped model too (wrapper prefixes dropped)."""
+    seen: dict[int, str] = {}
+    out = set()
+    named = chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
+    for name, t in named:
+        name = _WRAPPERS.sub("", name)
+        if id(t) in seen and seen[id(t)] != name:
+            out.add(max(name, seen[id(t)]))
+            seen[id(t)] = min(name, seen[id(t)])
+        else:
+            seen.setdefault(id(t), name)
     return out
 
 
@@ -73,23 +104,36 @@ def check_checkpoint_dir(directory: str | Path) -> Path:
 
 
 def load_state_dict_strict(model: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors file into ``model``; any missing/unexpected key or shape mismatch raises."""
+    """Load a safetensors file into ``model`` (``safetensors.torch.load_model``, strict); any
+    missing/unexpected key or shape mismatch raises :class:`CheckpointError` naming them."""
     try:
-        sd = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+        load_model(model, str(path), strict=True)
+    except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read weights {path}: {e}") from e
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or wrong:
+    except RuntimeError as e:  # load_model's missing/unexpected keys, torch's size mismatches
+        missing, unexpected, wrong = _mismatches(str(e))
+        if not (missing or unexpected or wrong):
+            raise CheckpointError(f"cannot load weights {path}: {e}") from e
+        aliases = _aliases(model)  # a file written before they were stored once holds them all
+        unexpected = [k for k in unexpected if k not in aliases]
+        if not (missing or unexpected or wrong):
+            return  # such a file: loaded
         def show(keys):
             return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
         parts = [f"missing keys: {show(missing)}" if missing else "",
                  f"unexpected keys: {show(unexpected)}" if unexpected else "",
                  f"shape mismatch: {show(wrong)}" if wrong else ""]
-        raise CheckpointError(f"{path} does not match the model: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(sd, strict=True)
+        raise CheckpointError(f"{path} does not match the model: " + "; ".join(p for p in parts if p)) from e
+
+
+def _mismatches(message: str) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) names in the message of ``load_model`` /
+    ``Module.load_state_dict``, sorted."""
+    def quoted(label: str) -> list[str]:
+        line = re.search(label + r"[^:]*:(.*)", message)
+        return sorted(re.findall(r'"([^"]+)"', line.group(1))) if line else []
+    return (quoted("Missing key"), quoted("Unexpected key"),
+            sorted(re.findall(r"size mismatch for ([^:\s]+):", message)))
 
 
 def from_pretrained(directory: str | Path, *, device: str | torch.device | None = None,
@@ -128,3 +172,29 @@ def read_config(directory: str | Path):
         return config_from_dict(d), family_of(d)
     except (OSError, json.JSONDecodeError, ValueError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"cannot parse {path}: {e}") from e
+
+
+def load_predictor(directory, *, device=None, dtype=None, **kw) -> Any:
+    """The one entry point: load a checkpoint of any family as that family's predictor.
+
+    Args:
+        directory: a checkpoint directory (``save_pretrained`` / ``pixellm-train``'s ``final``).
+        device, dtype: where and in what dtype to put the model (None: CPU, float32).
+        **kw: the predictor's options (e.g. ``min_score``, ``max_new_tokens``); ``describer``: a
+            DynRefer checkpoint directory (or predictor) that describes each target when
+            ``predict(..., describe=True)`` is asked.
+    Returns:
+        e.g. :class:`pixellm.PixelLMPredictor` or :class:`pixellm.lisa.LisaPredictor`; every
+        one answers ``predict(image, question)`` / ``predict_batch`` with
+        :class:`pixellm.Prediction` holding one :class:`pixellm.Target` per target.
+    Raises:
+        CheckpointError: missing or incomplete directory, unknown family, bad weights.
+    """
+    describer = kw.pop("describer", None)
+    _, family = read_config(check_checkpoint_dir(directory))
+    predictor = family.predictor_class.from_pretrained(directory, device=device, dtype=dtype, **kw)
+    if describer is not None:
+        if not hasattr(predictor, "attach_describer"):
+            raise ConfigError(f"a {family.name} predictor does not segment targets to describe")
+        predictor.attach_describer(describer)
+    return predictor

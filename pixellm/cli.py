@@ -1,5 +1,7 @@
-"""``pixellm-predict IMAGE "QUESTION" --checkpoint DIR [--out DIR]`` (any family), or
-``pixellm-predict IMAGE --labels "other,red,ring" --checkpoint DIR`` (a label-map model)."""
+"""``pixellm-predict IMAGE "QUESTION" --checkpoint DIR [--out DIR] [--describe --describer DIR]``
+(any family), ``pixellm-predict IMAGE --labels "other,red,ring" --checkpoint DIR`` (a label-map
+model), or ``pixellm-predict IMAGE --boxes "x0,y0,x1,y1;..." --checkpoint DIR`` (a region
+describer)."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +34,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, metavar="A,B,...",
                    help="label the image with this comma-separated label set instead (a label-map model: "
                         "the lseg family); the question is then ignored, include 'other' for the background")
+    p.add_argument("--describe", action="store_true",
+                   help="describe each target's mask (caption, tags, attributes) with --describer")
+    p.add_argument("--describer", default=None, metavar="DIR", help="a DynRefer checkpoint (for --describe)")
+    p.add_argument("--boxes", default=None, metavar="X0,Y0,X1,Y1;...",
+                   help="describe these XYXY boxes instead (a region describer: the dynrefer family)")
     return p
+
+
+def _boxes(pred, args: argparse.Namespace) -> int:
+    from .errors import InputError
+
+    if not hasattr(pred, "describe"):
+        raise InputError("--boxes needs a region describer (the dynrefer family); this checkpoint segments")
+    try:
+        boxes = [[float(v) for v in b.split(",")] for b in args.boxes.split(";") if b.strip()]
+    except ValueError as e:
+        raise InputError(f"--boxes: expected 'x0,y0,x1,y1;...', got {args.boxes!r}") from e
+    descs = pred.describe(args.image, boxes)
+    for i, d in enumerate(descs):
+        print(f"  {i + 1}: {d.caption}  (tags: {', '.join(d.predicted_tags) or '-'}; views t = {d.views})")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "descriptions.json").write_text(json.dumps(
+            {"image": str(args.image), "descriptions": [d.to_dict() for d in descs]}, indent=2))
+        print(f"wrote {out / 'descriptions.json'}")
+    return 0
 
 
 def _options(checkpoint: str, args: argparse.Namespace) -> dict:
@@ -74,28 +102,38 @@ def _label_map(pred, args: argparse.Namespace) -> int:
 
 
 def _target_json(t) -> dict:
-    return {"phrase": t.phrase, "index": t.index, "score": t.score, "bbox_xyxy": list(t.bbox), "rle": t.rle}
+    d = {"phrase": t.phrase, "index": t.index, "score": t.score, "bbox_xyxy": list(t.bbox), "rle": t.rle}
+    if t.description is not None:
+        d["description"] = t.description.to_dict()
+    return d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the answer; with --out, write the per-target JSON and an overlay PNG. Exit 2 on bad input."""
     args = _parser().parse_args(argv)
+    from .checkpoint import load_predictor
     from .errors import CheckpointError, InputError
-    from .families import load_predictor
     from .image_io import load_image
     from .overlay import draw_overlay
 
     try:
-        pred = load_predictor(args.checkpoint, device=args.device, **_options(args.checkpoint, args))
+        if args.describe and not args.describer:
+            raise InputError("--describe needs --describer DIR (a DynRefer checkpoint)")
+        pred = load_predictor(args.checkpoint, device=args.device, describer=args.describer,
+                              **_options(args.checkpoint, args))
         if args.labels is not None:
             return _label_map(pred, args)
-        result = pred.predict(args.image, args.question)
+        if args.boxes is not None:
+            return _boxes(pred, args)
+        result = pred.predict(args.image, args.question, describe=args.describe)
     except (InputError, CheckpointError, ValueError) as e:  # ValueError: an option out of range
         print(f"pixellm-predict: error: {e}", file=sys.stderr)
         return 2
     print(result.answer)
     for t in result.targets:
         print(f"  - {t.phrase!r}: score {t.score:.3f}, bbox {t.bbox}, area {int(t.mask.sum())}")
+        if t.description is not None:
+            print(f"      {t.description.caption}  (tags: {', '.join(t.description.predicted_tags) or '-'})")
     for t in result.duplicates:
         print(f"  = dropped {t.phrase!r}: its mask repeats a higher-scoring target's")
     for t in result.rejected:
@@ -112,8 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "rejected": [_target_json(t) for t in result.rejected],
                   "malformed_blocks": result.malformed}
         (out / "prediction.json").write_text(json.dumps(record, indent=2))
+        legend = ([f"{i + 1}: {t.description.caption if t.description else t.phrase}"
+                   for i, t in enumerate(result.targets)] if args.describe else None)
         draw_overlay(load_image(args.image), [t.mask for t in result.targets],
-                     [f"{i + 1}: {t.phrase}" for i, t in enumerate(result.targets)]).save(out / "overlay.png")
+                     [f"{i + 1}: {t.phrase}" for i, t in enumerate(result.targets)],
+                     legend=legend).save(out / "overlay.png")
         print(f"wrote {out / 'prediction.json'} and {out / 'overlay.png'}")
     return 0
 

@@ -56,7 +56,6 @@ class CodebookConfig:
     num_scales: int = 2  # L
     tokens_per_scale: int = 3  # N
     fusion: str = "linear"  # "linear" (learned per-scale weights) or "mean" (ablation)
-    projection: str = "mlp"  # block hidden state -> decoder width: "mlp" (LISA/PixelLM) or "linear"
 
 
 @dataclass
@@ -76,9 +75,6 @@ class LossConfig:
     dice_weight: float = 0.5
     refine: bool = True  # target-refinement loss (PixelLM); off for the ablation
     refine_alpha: float = 2.0
-    # "all": text CE on every codebook token (PixelLM; needed for unconstrained generation).
-    # "first": only on a block's first token, since generation forces the rest by default.
-    block_ce: str = "all"
     # Phrase reconstruction (codebook.PhraseHead, not in PixelLM): the fused target embeddings
     # predict the words of their phrase. 0 turns it off (and builds no head).
     phrase_weight: float = 0.0
@@ -91,6 +87,16 @@ class LossConfig:
     # none and scores targets without it. The default 0 is what configs written before the
     # head mean, so their checkpoints still load; the shipped JSON configs set 1.0.
     iou_weight: float = 0.0
+
+
+def _without_retired(section: dict, key: str, kept: str, d: dict) -> dict:
+    """A config section without a retired option: configs written before it was retired carry
+    it, with the value the project kept (read as that) or another one (refused)."""
+    section = dict(section)
+    value = section.pop(key, kept)
+    if value != kept:
+        raise ConfigError(f"{d.get('name', '?')}: {key}={value!r} is no longer supported (only {kept!r} was kept)")
+    return section
 
 
 @dataclass
@@ -123,13 +129,15 @@ class PixelLMConfig:
             llm = dict(d["llm"])
             if llm.get("lora") is not None:
                 llm["lora"] = LoraConfig(**llm["lora"])
+            codebook = _without_retired(d.get("codebook", {}), "projection", "mlp", d)
+            loss = _without_retired(d.get("loss", {}), "block_ce", "all", d)
             return cls(
                 name=d["name"],
                 vision=VisionConfig(**d["vision"]),
                 llm=LLMConfig(**llm),
-                codebook=CodebookConfig(**d.get("codebook", {})),
+                codebook=CodebookConfig(**codebook),
                 decoder=DecoderConfig(**d.get("decoder", {})),
-                loss=LossConfig(**d.get("loss", {})),
+                loss=LossConfig(**loss),
                 image_pool=d.get("image_pool", 16),
                 family=d.get("family", "pixellm"),
             )

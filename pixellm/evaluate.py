@@ -18,13 +18,15 @@ from tqdm.auto import tqdm
 from .data import SegmentationDataset, collate
 from .decoder import postprocess_masks
 from .errors import InputError
+from .image_io import resized_size
 from .muse import MultiTargetIoU, ReferringIoU
 from .muse.metrics import NUM_K_BUCKETS, hungarian, pair_stats
 from .predictor import PixelLMPredictor, Prediction
 
 
 class SplitScores:
-    """DESIGN §5 multi-target metrics over all questions and over the zero-target ones only."""
+    """Multi-target metrics (docs/design.md, Metrics) over all questions and over the zero-target
+    ones only."""
 
     def __init__(self) -> None:
         self.all, self.zero = MultiTargetIoU(), MultiTargetIoU()
@@ -110,6 +112,13 @@ def zero_target_rate(predicted_counts: Sequence[int], true_counts: Sequence[int]
     """
     zero = [p for p, t in zip(predicted_counts, true_counts, strict=True) if t == 0]
     return sum(p == 0 for p in zero) / len(zero) if zero else math.nan
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], *, left: int = 1) -> list[str]:
+    """Markdown table lines: the header, the alignment row (the first ``left`` (text) columns
+    left-aligned, the others, numbers, right-aligned) and one line per row (cells as ``str``)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * left + "---:|" * (len(header) - left),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
 
 
 def k_bucket(k: int) -> str:
@@ -237,7 +246,7 @@ class GenerationScores:
 
 def evaluate_generation(predictor: PixelLMPredictor, samples: Sequence, *, batch_size: int = 32,
                         limit: int = 0, progress: bool = True, keep_predictions: int = 0) -> dict:
-    """Generate answers for ``samples`` and score them (DESIGN §5 multi-target metrics).
+    """Generate answers for ``samples`` and score them (multi-target metrics, docs/design.md, Metrics).
 
     Args:
         predictor: the model to run (its device and dtype are used).
@@ -295,10 +304,8 @@ def _encode(ds: SegmentationDataset, idx: list[int], skipped: list[str]) -> tupl
 
 def _full_size_masks(model, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Decoder logits (K, h', w') -> (K, h, w) bool at the original size (resize-longest + pad)."""
-    s_ = model.input_size
-    scale = s_ / max(h, w)
-    valid = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return postprocess_masks(logits.float(), padded_size=(s_, s_), valid_size=valid,
+    s = model.input_size
+    return postprocess_masks(logits.float(), padded_size=(s, s), valid_size=resized_size(h, w, size=s),
                              original_size=(h, w)) > 0
 
 

@@ -86,7 +86,7 @@ class TrainData:
 
 # family name -> module defining FAMILY (imported on first use: no family loads another)
 _BUILTIN = {"pixellm": "pixellm.build", "lisa": "pixellm.lisa.build", "lseg": "pixellm.lseg.build",
-            "lts": "pixellm.lts.build"}
+            "lts": "pixellm.lts.build", "dynrefer": "pixellm.dynrefer.build"}
 _FAMILIES: dict[str, Family] = {}
 
 
@@ -121,23 +121,3 @@ def config_from_dict(d: dict[str, Any]) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
     return family_of(d).config_class.from_dict(d).validate()
-
-
-def load_predictor(directory, *, device=None, dtype=None, **kw) -> Any:
-    """The one entry point: load a checkpoint of any family as that family's predictor.
-
-    Args:
-        directory: a checkpoint directory (``save_pretrained`` / ``pixellm-train``'s ``final``).
-        device, dtype: where and in what dtype to put the model (None: CPU, float32).
-        **kw: the predictor's options (e.g. ``min_score``, ``max_new_tokens``).
-    Returns:
-        e.g. :class:`pixellm.PixelLMPredictor` or :class:`pixellm.lisa.LisaPredictor`; every
-        one answers ``predict(image, question)`` / ``predict_batch`` with
-        :class:`pixellm.Prediction` holding one :class:`pixellm.Target` per target.
-    Raises:
-        CheckpointError: missing or incomplete directory, unknown family, bad weights.
-    """
-    from .checkpoint import check_checkpoint_dir, read_config
-
-    _, family = read_config(check_checkpoint_dir(directory))
-    return family.predictor_class.from_pretrained(directory, device=device, dtype=dtype, **kw)

@@ -6,10 +6,36 @@ tokens are determined once it starts) is fed in one step.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 import torch
 
 from .codebook import gather_blocks, parse_blocks
-from .segmenter import Generation, LLMSegmenter
+
+if TYPE_CHECKING:  # for annotations only: segmenter imports this module
+    from .segmenter import LLMSegmenter
+
+
+@dataclass
+class Generation:
+    """Greedy decoding result for a batch.
+
+    tokens: per image, generated ids (without the prompt, up to and excluding EOS).
+    token_probs: per image, the probability of each generated token.
+    mask_logits: per image, (K_b, h, w) decoder logits, one per complete block in order.
+    block_starts: per image, position in ``tokens`` of each complete block.
+    malformed: per image, descriptions of dropped broken/truncated blocks.
+    iou: per image, (K_b,) the decoder's predicted IoU of each mask, in [0, 1]; None for a
+        model without an IoU head.
+    """
+
+    tokens: list[list[int]]
+    token_probs: list[list[float]]
+    mask_logits: list[torch.Tensor]
+    block_starts: list[list[int]]
+    malformed: list[list[str]] = field(default_factory=list)
+    iou: list[torch.Tensor] | None = None
 
 
 def _block_constraint(logits: torch.Tensor, prev: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -43,7 +69,7 @@ def greedy_generate(model: LLMSegmenter, pixels: torch.Tensor, input_ids: torch.
             tokens in ONE forward step (they are determined), instead of L*N steps; other rows
             of that step feed their one token plus masked padding. Same tokens, fewer steps.
     Returns:
-        :class:`pixellm.segmenter.Generation`.
+        :class:`Generation`.
     """
     feats, img_tok = model.encode_images(pixels)
     hidden, past = model.run_llm(model.embed(input_ids, img_tok), attention_mask, use_cache=True)

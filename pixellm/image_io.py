@@ -95,6 +95,12 @@ class Preprocessed:
     original_size: tuple[int, int]
 
 
+def resized_size(h: int, w: int, *, size: int) -> tuple[int, int]:
+    """(h', w') of an (h, w) image resized so that its longest side is ``size``; each >= 1."""
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def resize_longest_and_pad(
     rgb: np.ndarray, *, size: int, mean: list[float], std: list[float]
 ) -> Preprocessed:
@@ -107,8 +113,7 @@ def resize_longest_and_pad(
         :class:`Preprocessed` with pixels (3, S, S).
     """
     h, w = rgb.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = resized_size(h, w, size=size)
     x = torch.from_numpy(np.ascontiguousarray(rgb).copy() if not rgb.flags.writeable else rgb).permute(2, 0, 1).float().div_(255.0)[None]  # (1, 3, H, W)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
@@ -121,8 +126,7 @@ def resize_longest_and_pad(
 def resize_mask_to_input(mask: np.ndarray, *, size: int) -> torch.Tensor:
     """Resize an (K, H, W) bool mask stack like :func:`resize_longest_and_pad`; returns (K, S, S) float."""
     k, h, w = mask.shape
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = resized_size(h, w, size=size)
     out = torch.zeros(k, size, size)
     if k:
         m = torch.from_numpy(mask.astype(np.float32))[None]

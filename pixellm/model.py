@@ -61,9 +61,6 @@ class PixelLM(LLMSegmenter):
         decoder: pixel decoder. image_token_id: placeholder id replaced by image tokens.
         codebook_ids: the L*N codebook token ids in block order.
         ce_weight, bce_weight, dice_weight, refine, refine_alpha: loss settings.
-        block_ce: "all" scores the text CE on every codebook token (PixelLM); "first" only on
-            a block's first token, since generation forces the rest (the remaining positions'
-            hidden states then serve the masks alone).
         phrase_head: optional :class:`~pixellm.codebook.PhraseHead`; in training its loss,
             times ``phrase_weight``, joins the mask term (one value per block, like the masks).
         region_head: optional :class:`~pixellm.codebook.RegionWordHead` on the deepest vision
@@ -77,14 +74,11 @@ class PixelLM(LLMSegmenter):
                  fusion: CodebookFusion, decoder: PixelDecoder, image_token_id: int,
                  codebook_ids: list[int], ce_weight: float = 1.0, bce_weight: float = 2.0,
                  dice_weight: float = 0.5, refine: bool = True, refine_alpha: float = 2.0,
-                 block_ce: str = "all", phrase_head: PhraseHead | None = None,
+                 phrase_head: PhraseHead | None = None,
                  phrase_weight: float = 0.0, region_head: RegionWordHead | None = None,
                  region_weight: float = 0.0, iou_weight: float = 0.0) -> None:
         super().__init__(vision=vision, projector=projector, llm=llm,
                          image_token_id=image_token_id, codebook_ids=codebook_ids)
-        if block_ce not in ("first", "all"):
-            raise ValueError(f"block_ce must be 'first' or 'all', got {block_ce!r}")
-        self.block_ce = block_ce
         self.fusion, self.decoder = fusion, decoder
         self.loss_cfg = dict(bce_weight=bce_weight, dice_weight=dice_weight, refine=refine,
                              refine_alpha=refine_alpha)
@@ -146,9 +140,7 @@ class PixelLM(LLMSegmenter):
             if gt.shape[0] != mask_logits.shape[0]:
                 raise ValueError(f"{mask_logits.shape[0]} codebook blocks in the answers but {gt.shape[0]} gt masks")
             aux = self._aux_losses(input_ids, labels, starts, targets, feats[0], gt, batch_index)
-            questions = block_questions(labels, starts).to(batch_index.device)  # before block_ce masks labels
-            if self.block_ce == "first":  # the forced rest of each block is not scored
-                labels = labels.masked_fill(torch.isin(input_ids, self._codebook[1:]), -100)
+            questions = block_questions(labels, starts).to(batch_index.device)
             out.terms, out.parts = self._loss(text_logits, labels, dec, questions, gt)
             out.counts = {"text": int((labels[:, 1:] != -100).sum()), "mask": int(mask_logits.shape[0])}
             for name, (weight, value, count) in aux.items():
@@ -167,8 +159,7 @@ class PixelLM(LLMSegmenter):
         "phrase": :class:`PhraseHead` on the fused targets (K, L, C), a mean over blocks
         (count None: it joins the mask term); "region": :class:`RegionWordHead` on
         ``deep_feats`` (B, C, g, g) under the ground-truth masks ``gt`` (K, S, S), a mean over
-        covered patch weight (count: that weight). Each block's phrase is read from the answer
-        before ``labels`` is masked for block_ce.
+        covered patch weight (count: that weight). Each block's phrase is read from the answer.
         """
         phrase_on = self.phrase_head is not None and self.phrase_weight > 0
         region_on = self.region_head is not None and self.region_weight > 0

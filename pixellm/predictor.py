@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from .calibration import ScoreCalibration
 from .data import left_pad
 from .decoder import postprocess_masks
+from .describe import DescribesTargets, RegionDescription
 from .errors import InputError
 from .image_io import ImageLike, load_image, resize_longest_and_pad
+from .muse.masks import encode as mask_rle  # (H, W) bool -> JSON-ready COCO RLE
 from .muse.metrics import pair_stats
 from .prompting import PromptFormatter
 from .segmenter import LLMSegmenter
@@ -33,6 +34,8 @@ class Target:
     ``targets`` and ``duplicates`` merged by index). predicted_iou: the IoU head's output (None
     without the head). text_prob: the lowest probability the LLM gave a token it wrote for
     this target (the words since the previous block, and the block's first token).
+    description: the describer's :class:`~pixellm.describe.RegionDescription` of the mask
+    (caption, tags, attributes), when the prediction was asked with ``describe=True``.
     """
 
     phrase: str
@@ -43,6 +46,7 @@ class Target:
     index: int = 0
     predicted_iou: float | None = None
     text_prob: float | None = None
+    description: RegionDescription | None = None  # what the mask shows (``predict(..., describe=True)``)
 
 
 @dataclass
@@ -123,20 +127,13 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
-def mask_rle(mask: np.ndarray) -> dict:
-    """COCO RLE of an (H, W) bool mask, ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
 # The calibrated probability of a hit under which a target is rejected, chosen on val (see
 # docs/experiments.md, benchmark v2): a target that is more likely a miss than this costs the
 # question more (an unmatched mask is an IoU-0 pair) than it is expected to bring.
 DEFAULT_MIN_SCORE = 0.0
 
 
-class PixelLMPredictor:
+class PixelLMPredictor(DescribesTargets):
     """Runs a trained model of the LLM-writes-a-block-per-target families (:class:`PixelLM`,
     LISA) on raw images; :func:`pixellm.load_predictor` picks the checkpoint's family's class.
 
@@ -144,9 +141,8 @@ class PixelLMPredictor:
         model: a built :class:`~pixellm.segmenter.LLMSegmenter` with ``.config`` and ``.tokenizer``.
         max_new_tokens: generation budget; None uses what the context leaves after the prompt.
         constrain_blocks: once the LLM starts a codebook block, force its remaining tokens
-            (blocks can then only be cut by the token budget). A model trained with
-            ``loss.block_ce == "first"`` (the default) never learned to write the rest of a
-            block itself, so turning this off is only meaningful for ``block_ce == "all"``.
+            (blocks can then only be cut by the token budget); off, the LLM writes them itself
+            (it is trained with the text loss on every codebook token).
         duplicate_iou: drop a target whose mask overlaps a higher-scoring target's with IoU
             above this (:func:`suppress_duplicates`; the dropped ones are in
             ``Prediction.duplicates``); None keeps every block's mask.
@@ -191,20 +187,24 @@ class PixelLMPredictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def predict(self, image: ImageLike, question: str) -> Prediction:
+    def predict(self, image: ImageLike, question: str, *, describe: bool = False) -> Prediction:
         """Answer one question about one image.
 
         Args:
             image: path, PIL image or numpy array (HxW, HxWx3 or HxWx4; uint8, uint16 or float).
             question: free-form question, non-empty.
+            describe: give each target a description of its mask (needs a describer:
+                ``load_predictor(dir, describer=DYNREFER_DIR)``).
         Returns:
             :class:`Prediction`, with one :class:`Target` per target (possibly none).
         Raises:
-            InputError: unreadable/corrupt/zero-size image, empty or too-long question.
+            InputError: unreadable/corrupt/zero-size image, empty or too-long question,
+                ``describe`` without a describer.
         """
-        return self.predict_batch([image], [question])[0]
+        return self.predict_batch([image], [question], describe=describe)[0]
 
-    def predict_batch(self, images: Sequence[ImageLike], questions: Sequence[str]) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageLike], questions: Sequence[str], *,
+                      describe: bool = False) -> list[Prediction]:
         """Answer ``questions[i]`` about ``images[i]`` in one padded forward + generation pass."""
         if isinstance(questions, str) or len(images) != len(questions):
             raise InputError("predict_batch needs equal-length sequences of images and questions")
@@ -219,7 +219,7 @@ class PixelLMPredictor:
                 prompts.append(self.formatter.prompt_ids(q, reserve=max(budget, 1)))
             except InputError as e:
                 raise InputError(f"batch item {i}: {e}") if len(images) > 1 else e from None
-        return self._run(pre, prompts)
+        return self._describe_all(self._run(pre, prompts), images, describe)
 
     @torch.no_grad()
     def _run(self, pre, prompts) -> list[Prediction]:

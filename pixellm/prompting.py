@@ -36,9 +36,8 @@ class PromptFormatter:
     block: str
     max_length: int
     # Text -> ids, kept for the first MEMO_SIZE texts: training encodes every question and
-    # answer once to pack conversations and again for every epoch's items (a 3-turn
-    # pixellm-tiny item loads in 2.0 ms with the memo, 2.6 without). The tokenizer must not
-    # change afterwards.
+    # answer once to pack conversations and again for every epoch's items, and tokenizing is a
+    # sizeable share of loading an item. The tokenizer must not change afterwards.
     _memo: dict[str, tuple[int, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     MEMO_SIZE = 1 << 17

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generation import Generation, greedy_generate
 from .llm import ImageProjector
 from .vision import VisionTower
 
@@ -38,27 +39,6 @@ class PixelLMOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     iou: torch.Tensor | None = None
-
-
-@dataclass
-class Generation:
-    """Greedy decoding result for a batch.
-
-    tokens: per image, generated ids (without the prompt, up to and excluding EOS).
-    token_probs: per image, the probability of each generated token.
-    mask_logits: per image, (K_b, h, w) decoder logits, one per complete block in order.
-    block_starts: per image, position in ``tokens`` of each complete block.
-    malformed: per image, descriptions of dropped broken/truncated blocks.
-    iou: per image, (K_b,) the decoder's predicted IoU of each mask, in [0, 1]; None for a
-        model without an IoU head.
-    """
-
-    tokens: list[list[int]]
-    token_probs: list[list[float]]
-    mask_logits: list[torch.Tensor]
-    block_starts: list[list[int]]
-    malformed: list[list[str]] = field(default_factory=list)
-    iou: list[torch.Tensor] | None = None
 
 
 class LLMSegmenter(nn.Module):
@@ -118,10 +98,8 @@ class LLMSegmenter(nn.Module):
                                ignore_index=-100)
 
     def generate(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 **kw):
+                 **kw) -> Generation:
         """Greedy KV-cached decoding; see :func:`pixellm.generation.greedy_generate`."""
-        from .generation import greedy_generate
-
         return greedy_generate(self, pixels, input_ids, attention_mask, **kw)
 
     def checkpoint_config(self) -> dict:

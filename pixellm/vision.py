@@ -54,8 +54,6 @@ class VisionTower(nn.Module):
         self.frozen = freeze
         if freeze:
             self.visual.requires_grad_(False)
-        # Blocks after the deepest scale are never needed: skip them (PixelLM uses layer -2).
-        self._stop = max(self.layers)
 
     @property
     def width(self) -> int:
@@ -75,6 +73,7 @@ class VisionTower(nn.Module):
     def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """pixels (B, 3, S, S) -> L tensors (B, C, S/p, S/p), deepest scale first."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            # stop_early: the blocks after the deepest chosen one are never run
             out = self.visual.forward_intermediates(
                 pixels, indices=self.layers, stop_early=True, intermediates_only=True,
                 output_fmt="NCHW",

@@ -233,15 +233,20 @@ def test_fusion_rejects_bad_input():
         _fusion()(torch.randn(2, 5, 16))
 
 
-def test_linear_projection_is_one_linear_map_and_bad_names_fail():
+def test_projection_is_the_mlp_and_retired_config_keys_are_read(micro_config):
     from torch import nn
-    lin = CodebookFusion(llm_dim=16, out_dim=8, num_scales=2, tokens_per_scale=3, projection="linear")
-    assert isinstance(lin.proj, nn.Linear) and (lin.proj.in_features, lin.proj.out_features) == (16, 8)
-    x = torch.randn(5, 6, 16)
-    assert torch.allclose(lin(x), lin.proj(x).view(5, 2, 3, 8).mean(2), atol=1e-6)  # linear map, then mean
-    assert isinstance(_fusion().proj, nn.Sequential)  # "mlp" stays the default (LISA / PixelLM)
-    with pytest.raises(ValueError, match="projection"):
-        CodebookFusion(llm_dim=16, out_dim=8, num_scales=2, tokens_per_scale=3, projection="conv")
+
+    from pixellm.errors import ConfigError
+    from pixellm.families import config_from_dict
+
+    proj = _fusion().proj  # LISA's / PixelLM's MLP: Linear, ReLU, Linear
+    assert [type(m) for m in proj] == [nn.Linear, nn.ReLU, nn.Linear]
+    old = {**micro_config, "codebook": {**micro_config.get("codebook", {}), "projection": "mlp"},
+           "loss": {**micro_config.get("loss", {}), "block_ce": "all"}}
+    assert config_from_dict(old).codebook.fusion == "linear"  # a config written before retiring them
+    for section, key, value in (("codebook", "projection", "linear"), ("loss", "block_ce", "first")):
+        with pytest.raises(ConfigError, match=f"{key}={value!r} is no longer supported"):
+            config_from_dict({**micro_config, section: {**micro_config.get(section, {}), key: value}})
 
 
 def test_block_phrases_stop_at_blocks_questions_and_start():
@@ -297,8 +302,8 @@ def test_phrase_bags_are_uniform_over_distinct_words():
     assert keep.tolist() == [True, False, True]
 
 
-def test_region_head_loss_weights_each_patch_by_mask_coverage():
-    """Two 2x2-patch images of 4x4 px: the loss is the coverage-weighted mean of the per-patch
+def test_region_head_sums_weight_each_patch_by_mask_coverage():
+    """Two 2x2-patch images of 4x4 px: the sums are those of the coverage-weighted per-patch
     soft cross-entropies, each against the phrase of the mask covering it, in its own image."""
     torch.manual_seed(0)
     head = RegionWordHead(in_dim=3, vocab_size=5)
@@ -308,18 +313,19 @@ def test_region_head_loss_weights_each_patch_by_mask_coverage():
     masks[1, 2:, 0] = 1  # half of patch 2
     masks[2, :, :] = 1  # every patch, but its phrase is empty: no weight
     batch_index = torch.tensor([1, 0, 0])
-    loss = head.loss(feats, masks, batch_index, [[1, 3], [2], []])
+    total, weight = head.sums(feats, masks, batch_index, [[1, 3], [2], []])
     logp = torch.log_softmax(head(feats), -1)  # (2, 4, 5)
     assert head(feats).shape == (2, 4, 5)
     ce0 = -(logp[1, 0, 1] + logp[1, 0, 3]) / 2  # mask 0 lies in image 1, patch 0, coverage 1
     ce1 = -logp[0, 2, 2]  # mask 1 lies in image 0, patch 2, coverage 0.5
-    assert torch.allclose(loss, (1.0 * ce0 + 0.5 * ce1) / 1.5)
-    none = head.loss(feats, masks[:0], batch_index[:0], [])
-    assert none.item() == 0.0 and none.requires_grad
+    assert weight == pytest.approx(1.5)
+    assert torch.allclose(total, 1.0 * ce0 + 0.5 * ce1)
+    none, none_weight = head.sums(feats, masks[:0], batch_index[:0], [])
+    assert none.item() == 0.0 and none.requires_grad and none_weight == 0.0
     with pytest.raises(ValueError, match="3 masks, 3 batch indices and 2 phrases"):
-        head.loss(feats, masks, batch_index, [[1], [2]])
+        head.sums(feats, masks, batch_index, [[1], [2]])
     with pytest.raises(ValueError, match="not a multiple of the patch grid"):
-        head.loss(feats, torch.zeros(1, 5, 5), batch_index[:1], [[1]])
+        head.sums(feats, torch.zeros(1, 5, 5), batch_index[:1], [[1]])
 
 
 def test_region_head_learns_to_name_the_patches_under_each_mask():
@@ -334,7 +340,8 @@ def test_region_head_learns_to_name_the_patches_under_each_mask():
     opt = torch.optim.Adam(head.parameters(), lr=0.1)
     for _ in range(200):
         opt.zero_grad()
-        loss = head.loss(feats, masks, batch_index, bags)
+        total, weight = head.sums(feats, masks, batch_index, bags)
+        loss = total / weight  # as the model forms it
         loss.backward()
         opt.step()
     assert loss.item() < 0.72  # log 2 = 0.693
@@ -343,10 +350,10 @@ def test_region_head_learns_to_name_the_patches_under_each_mask():
     assert top2[1, 1].tolist() == [2, 6] and top2[1, 2].tolist() == [3, 7]
 
 
-def test_region_head_object_loss_pools_the_covered_patches_before_the_read_out():
+def test_region_head_object_sums_pool_the_covered_patches_before_the_read_out():
     """Each target's features are the coverage-weighted mean of the patches under its mask,
-    in its own image; the loss is the mean soft cross-entropy of their read-out over targets
-    with a phrase and a non-empty mask (= the coverage-weighted mean of the patch logits)."""
+    in its own image; the sums are those of the soft cross-entropies of their read-out over the
+    targets with a phrase and a non-empty mask (= the coverage-weighted mean of the patch logits)."""
     torch.manual_seed(0)
     head = RegionWordHead(in_dim=3, vocab_size=5)
     feats = torch.randn(2, 3, 2, 2, requires_grad=True)
@@ -355,17 +362,18 @@ def test_region_head_object_loss_pools_the_covered_patches_before_the_read_out()
     masks[1, 2:, 0] = 1  # half of patch 2
     masks[2, :, :] = 1  # every patch, but an empty phrase: left out
     batch_index = torch.tensor([1, 0, 0, 1])  # mask 3 is empty: left out
-    loss = head.object_loss(feats, masks, batch_index, [[1, 3], [2], [], [4]])
+    total, count = head.object_sums(feats, masks, batch_index, [[1, 3], [2], [], [4]])
     f0 = (feats[1, :, 0, 0] + feats[1, :, 0, 1]) / 2
     logp0 = torch.log_softmax(head.proj(f0), -1)
     logp1 = torch.log_softmax(head(feats)[0, 2], -1)  # one patch: its own logits
-    assert torch.allclose(loss, (-(logp0[1] + logp0[3]) / 2 - logp1[2]) / 2)
+    assert count == 2
+    assert torch.allclose(total, -(logp0[1] + logp0[3]) / 2 - logp1[2])
     assert torch.allclose(head.proj(f0), (head(feats)[1, 0] + head(feats)[1, 1]) / 2, atol=1e-6)
-    loss.backward()
+    total.backward()
     assert feats.grad[1, :, 1, 0].abs().sum() == 0  # an uncovered patch gets no gradient
-    none = head.object_loss(feats, masks[2:], batch_index[2:], [[], [4]])
-    assert none.item() == 0.0 and none.requires_grad
+    none, none_count = head.object_sums(feats, masks[2:], batch_index[2:], [[], [4]])
+    assert none.item() == 0.0 and none.requires_grad and none_count == 0
     with pytest.raises(ValueError, match="4 masks, 4 batch indices and 1 phrases"):
-        head.object_loss(feats, masks, batch_index, [[1]])
+        head.object_sums(feats, masks, batch_index, [[1]])
     with pytest.raises(ValueError, match="not a multiple of the patch grid"):
-        head.object_loss(feats, torch.zeros(1, 5, 5), batch_index[:1], [[1]])
+        head.object_sums(feats, torch.zeros(1, 5, 5), batch_index[:1], [[1]])

@@ -30,11 +30,24 @@ def _features(b=2, seed=1):
     return [torch.randn(b, 32, GRID, GRID, generator=g) for _ in range(2)]
 
 
+def _run_per_scale(dec, *args):
+    """The decoder's output and each scale's mask logits (its mask head's), deepest first."""
+    seen = []
+    hooks = [head.register_forward_hook(lambda m, i, o: seen.append(o[0])) for head in dec.heads]
+    try:
+        out = dec(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, seen
+
+
 @pytest.mark.parametrize("k", [0, 1, 5])
 def test_output_shapes(k):
-    out = _decoder()(_features(), torch.randn(k, 2, DIM), torch.randint(0, 2, (k,)))
+    out, per_scale = _run_per_scale(_decoder(), _features(), torch.randn(k, 2, DIM),
+                                    torch.randint(0, 2, (k,)))
     assert out.logits.shape == (k, 32, 32)
-    assert [tuple(p.shape) for p in out.per_scale] == [(k, 16, 16), (k, 32, 32)]
+    assert [tuple(p.shape) for p in per_scale] == [(k, 16, 16), (k, 32, 32)]
     assert torch.isfinite(out.logits).all()
     assert out.iou_logits.shape == (k,) and out.iou.shape == (k,)
     assert torch.isfinite(out.iou_logits).all() and ((out.iou > 0) & (out.iou < 1)).all()
@@ -69,11 +82,12 @@ def test_iou_prediction_reads_every_scale_and_leaves_the_masks_alone():
 
 
 def test_final_logits_sum_the_scales():
-    out = _decoder()(_features(), torch.randn(3, 2, DIM), torch.tensor([0, 1, 1]))
+    out, per_scale = _run_per_scale(_decoder(), _features(), torch.randn(3, 2, DIM),
+                                    torch.tensor([0, 1, 1]))
     coarse = torch.nn.functional.interpolate(
-        out.per_scale[0][:, None], size=(32, 32), mode="bilinear", align_corners=False
+        per_scale[0][:, None], size=(32, 32), mode="bilinear", align_corners=False
     )[:, 0]
-    assert torch.allclose(out.logits, out.per_scale[1] + coarse, atol=1e-6)
+    assert torch.allclose(out.logits, per_scale[1] + coarse, atol=1e-6)
 
 
 def test_scale_factors_rule():
@@ -118,13 +132,13 @@ def test_coarse_mask_modulates_finer_scale():
     dec, feats = _decoder(), _features()
     targets, index = torch.randn(3, 2, DIM), torch.tensor([0, 1, 1])
     with torch.no_grad():
-        base = dec(feats, targets, index).per_scale
+        base = _run_per_scale(dec, feats, targets, index)[1]
         dec.heads[0].hypernet.layers[-1].bias.add_(0.5)  # changes only scale 0's mask
-        moved = dec(feats, targets, index).per_scale
+        moved = _run_per_scale(dec, feats, targets, index)[1]
         assert not torch.allclose(base[0], moved[0])
         assert (moved[1] - base[1]).abs().max() > 1e-4  # scale 1 sees scale 0 via f*(sigmoid(m)+1)
         dec.heads[1].hypernet.layers[-1].bias.add_(0.5)  # scale 1 never feeds scale 0
-        assert torch.equal(dec(feats, targets, index).per_scale[0], moved[0])
+        assert torch.equal(_run_per_scale(dec, feats, targets, index)[1][0], moved[0])
 
 
 def test_input_validation():

@@ -1,6 +1,7 @@
-"""Compute report: hand-counted FLOPs, the DESIGN anchors, the LISA reference and the CLI."""
+"""Compute report: hand-counted FLOPs, the anchors, the LISA reference and the CLI."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,6 @@ from torch import nn
 from pixellm.benchmarks.flop_utils import (
     QueryBudget,
     affine_sum,
-    build_on,
     count_flops,
     decode_step,
     prefill,
@@ -18,8 +18,11 @@ from pixellm.benchmarks.flop_utils import (
 )
 from pixellm.benchmarks.flops import (
     ANCHORS,
+    COMPONENTS,
+    PIPELINES,
     anchor_flops,
     build_pipeline,
+    count_query,
     decode_cost,
     latency,
     main,
@@ -109,7 +112,7 @@ def test_anchor_within_5_percent(anchors, name):
 
 
 def test_sam_decoder_cost_is_per_target():
-    with build_on("meta"):
+    with torch.device("meta"):
         sam = build_sam(get_model_config("lisa-7b").sam, load_weights=False).eval().requires_grad_(False)  # ViT-H
         emb = torch.empty(1, 256, 64, 64)
         pe = sam.get_image_wide_positional_embeddings()
@@ -136,14 +139,42 @@ def test_lisa_pipeline_takes_saved_sam_weights(tmp_path):
     assert logits.shape == (2, 4 * g, 4 * g) and torch.isfinite(logits).all()
 
 
-def test_cpu_latency_rows_are_complete():
+def test_tiny_query_flops_per_component():
+    """What grows with K: the decode (more answer tokens), the target projection (one block per
+    target) and the mask decoder (affinely: per-target work on top of a per-image part, PixelLM's
+    neck); the image and prompt stages do not."""
+    budget, rows = QueryBudget(), {}
+    for kind in PIPELINES:
+        pipe = build_pipeline(kind, "tiny")
+        for r in count_query(pipe, budget, [1, 2, 3]):
+            assert set(r["flops"]) == set(COMPONENTS) and r["total"] == sum(r["flops"].values())
+            assert r["answer_tokens"] == budget.answer_tokens(r["k"], pipe.block_len)
+            rows[r["pipeline"], r["k"]] = r["flops"]
+    for name in ("pixellm-tiny", "lisa-tiny"):
+        f1, f2, f3 = (rows[name, k] for k in (1, 2, 3))
+        for c in ("vision", "llm_prefill", "mask_encoder"):
+            assert f1[c] == f2[c] == f3[c]
+        assert 0 < f1["llm_decode"] < f2["llm_decode"] < f3["llm_decode"]
+        assert f2["target_proj"] == 2 * f1["target_proj"] > 0 and f3["target_proj"] == 3 * f1["target_proj"]
+        assert f3["mask_decoder"] - f2["mask_decoder"] == f2["mask_decoder"] - f1["mask_decoder"] > 0
+    assert rows["pixellm-tiny", 2]["mask_decoder"] < 2 * rows["pixellm-tiny", 1]["mask_decoder"]  # the neck
+    assert rows["pixellm-tiny", 1]["mask_encoder"] == 0 < rows["lisa-tiny", 1]["mask_encoder"]
+
+
+def test_latency_rows_have_every_field():
+    """Structure only (timings belong to benchmarks, not tests): every component is timed."""
     rows = latency(["tiny"], [2], QueryBudget(), device=torch.device("cpu"), dtype=torch.float32,
                    repeats=1, warmup=0)
-    assert [r["pipeline"] for r in rows] == ["pixellm-tiny", "lisa-tiny"]
-    pixellm, lisa = rows
-    assert pixellm["ms"]["mask_encoder"] == 0 < lisa["ms"]["mask_encoder"]
-    assert pixellm["ms"]["llm_decode"] == pytest.approx(pixellm["decode_ms_per_token"] * 18)
-    assert all(v >= 0 for r in rows for v in r["ms"].values())
+    assert [(r["pipeline"], r["k"]) for r in rows] == [("pixellm-tiny", 2), ("lisa-tiny", 2)]
+    for r, fed in zip(rows, (18, 8), strict=True):  # T - 1 = 2 x (2 + block + 1) fed tokens
+        assert set(r["ms"]) == set(COMPONENTS)
+        timed = {c: v for c, v in r["ms"].items() if (c, r["pipeline"]) != ("mask_encoder", "pixellm-tiny")}
+        assert all(math.isfinite(v) and v > 0 for v in timed.values()), r["ms"]
+        assert r["total_ms"] == pytest.approx(sum(r["ms"].values()))
+        assert r["decode_ms_per_token"] == pytest.approx(r["ms"]["llm_decode"] / fed)
+        assert r["llm_weight_bytes"] > 0 and r["decode_bound_ms_per_token"] is None
+        assert r["peak_memory_bytes"] is None  # CPU: no allocator statistics
+    assert rows[0]["ms"]["mask_encoder"] == 0  # PixelLM has no mask encoder
 
 
 @pytest.fixture(scope="module")

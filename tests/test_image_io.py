@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixellm.errors import InputError
-from pixellm.image_io import load_image, resize_longest_and_pad, resize_mask_to_input
+from pixellm.image_io import load_image, resize_longest_and_pad, resize_mask_to_input, resized_size
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -33,6 +33,7 @@ def test_resize_longest_and_pad(h, w):
     vh, vw = pre.valid_size
     assert pre.pixels.shape == (3, 32, 32) and max(vh, vw) == 32 and pre.original_size == (h, w)
     assert vh == max(1, round(h * 32 / max(h, w))) and vw == max(1, round(w * 32 / max(h, w)))
+    assert resized_size(h, w, size=32) == (vh, vw)  # what the mask and evaluation resizes use
     assert torch.allclose(pre.pixels[:, :vh, :vw], torch.tensor(2.0))  # (1 - 0.5) / 0.25
     assert (pre.pixels[:, vh:, :] == 0).all() and (pre.pixels[:, :, vw:] == 0).all()
 

@@ -4,16 +4,12 @@ training through the shared loop."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from launching import free_port, launch, torchrun
 from scripting import scripted
 from test_train import args, losses
 from transformers import SamConfig, SamModel
@@ -322,7 +318,7 @@ def test_lisa_trains_deterministically_and_resumes(lisa_run, tmp_path, shapes, m
     assert np.mean([a[7], a[8]]) < np.mean([a[1], a[2]])
     # a run stopped after its step-4 checkpoint resumes to the same losses
     shutil.rmtree(again / "final")
-    shutil.rmtree(again / "step-8")
+    shutil.rmtree(again / "checkpoints" / "checkpoint_8")
     (again / "history.json").unlink()
     assert train_main(train_args(again, shapes, micro_lisa_cfg, "--resume")) == 0
     resumed = losses(again)
@@ -336,21 +332,8 @@ def test_lisa_trains_deterministically_and_resumes(lisa_run, tmp_path, shapes, m
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(lisa_run, tmp_path, shapes, micro_lisa_cfg):
     run = tmp_path / "ddp"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "pixellm.train.main",
-           *train_args(run, shapes, micro_lisa_cfg, "--batch-size", "2")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=240)
-    finally:  # never leave the worker processes behind
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-3000:]
+    rc, err = launch(torchrun(free_port()), train_args(run, shapes, micro_lisa_cfg, "--batch-size", "2"))
+    assert rc == 0, err[-3000:]
     two, one = losses(run), losses(lisa_run)  # 2 x 2 vs 1 x 4: the same global batches
     assert list(two) == list(one)
     for step in one:

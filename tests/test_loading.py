@@ -69,3 +69,41 @@ def test_user_config_registered_first_keeps_builtins(micro_config, monkeypatch):
     monkeypatch.setattr(config, "_BUILTIN_LOADED", False)
     add_model_config(micro_config)
     assert {"pixellm-micro-test", "pixellm-tiny", "pixellm-7b"} <= set(list_models())
+
+
+def test_weights_load_with_safetensors_load_model(tmp_path, micro_lisa_cfg, make_tokenizer):
+    """A tensor a model holds under two names (LISA's SAM positional embedding) is stored once
+    and restored under both; a file that holds both (as saved before) loads too; a mismatch is a
+    CheckpointError naming the keys and shapes."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pixellm.checkpoint import from_pretrained
+    from pixellm.errors import CheckpointError
+    from pixellm.families import config_from_dict
+
+    torch.manual_seed(0)
+    model = build_model(config_from_dict(json.loads(micro_lisa_cfg.read_text())), tokenizer=make_tokenizer())
+    shared = "sam.shared_image_embedding.positional_embedding"
+    kept = "sam.prompt_encoder.shared_embedding.positional_embedding"
+    model.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    sd = load_file(str(weights))
+    assert kept in sd and shared not in sd and len(sd) == len(model.state_dict()) - 1
+    loaded = from_pretrained(tmp_path / "ckpt")
+    assert loaded.state_dict()[shared].data_ptr() == loaded.state_dict()[kept].data_ptr()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    save_file({**sd, shared: sd[kept].clone()}, str(weights))  # both names, as files written before
+    assert torch.equal(from_pretrained(tmp_path / "ckpt").state_dict()[shared], sd[kept])
+    wrong = {**sd, "sam.mask_decoder.iou_token.weight": torch.zeros(3)}
+    save_file(wrong, str(weights))
+    with pytest.raises(CheckpointError, match=r"model.safetensors does not match the model: shape mismatch: "
+                                              r"sam.mask_decoder.iou_token.weight$"):
+        from_pretrained(tmp_path / "ckpt")
+    save_file({k: v for k, v in sd.items() if k != "sam.mask_decoder.iou_token.weight"} | {"x.y": torch.ones(1)},
+              str(weights))
+    with pytest.raises(CheckpointError, match=r"missing keys: sam.mask_decoder.iou_token.weight; "
+                                              r"unexpected keys: x.y$"):
+        from_pretrained(tmp_path / "ckpt")

@@ -11,7 +11,6 @@ from pixellm.decoder import (
     mask_iou,
     mask_losses,
     refinement_weights,
-    total_loss,
 )
 
 
@@ -134,11 +133,6 @@ def test_many_masks_and_bad_shapes():
         mask_losses(logits, torch.zeros(7, 4, 4), group)
     with pytest.raises(ValueError):
         mask_losses(logits, torch.zeros(7, 8, 8), group[:3])
-
-
-def test_total_loss():
-    parts = {"mask": torch.tensor(1.5)}
-    assert total_loss(ce=torch.tensor(2.0), mask_parts=parts, ce_weight=0.5).item() == 2.5
 
 
 # IoU prediction. Three 2x4 masks: mask 0 claims 4 pixels of which 2 are true (plus 2 true

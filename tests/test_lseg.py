@@ -28,7 +28,7 @@ from pixellm.lseg import (
 )
 from pixellm.lseg.data import paint
 from pixellm.lseg.evaluate import evaluate_split, label_queries
-from pixellm.lseg.text import FrozenTextEncoder
+from pixellm.text_encoder import FrozenTextEncoder
 from pixellm.train.main import main as train_main
 
 
@@ -283,7 +283,7 @@ def test_lseg_trains_deterministically_resumes_and_evaluates(tmp_path, shapes, m
     assert list(a) == list(range(1, 7)) and a == b and all(np.isfinite(list(a.values())))
     assert np.mean([a[5], a[6]]) < np.mean([a[1], a[2]])
     shutil.rmtree(b_run / "final")
-    shutil.rmtree(b_run / "step-6")
+    shutil.rmtree(b_run / "checkpoints" / "checkpoint_6")
     (b_run / "history.json").unlink()
     assert train_main(lseg_args(b_run, shapes, micro_lseg_cfg, "--resume")) == 0
     for step, loss in losses(b_run).items():

@@ -213,7 +213,7 @@ def test_lts_trains_deterministically_resumes_and_evaluates(tmp_path, shapes, mi
     assert list(a) == list(range(1, 7)) and a == b and all(np.isfinite(list(a.values())))
     assert np.mean([a[5], a[6]]) < np.mean([a[1], a[2]])
     shutil.rmtree(b_run / "final")
-    shutil.rmtree(b_run / "step-6")
+    shutil.rmtree(b_run / "checkpoints" / "checkpoint_6")
     (b_run / "history.json").unlink()
     assert train_main(lts_args(b_run, shapes, micro_lts_cfg, "--resume")) == 0
     for step, loss in losses(b_run).items():

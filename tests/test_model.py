@@ -119,25 +119,28 @@ def test_meta_build_real_scale(name, llm_params, total_range):
     assert llm > 0
 
 
-def test_block_ce_first_scores_only_the_block_opening_token(tiny_model):
+def test_text_loss_scores_every_codebook_token(tiny_model):
     batch = make_batch(tiny_model, ANSWERS)
-    k, block = 4, len(tiny_model.codebook_ids)
-    assert tiny_model.block_ce == "all"  # the default (PixelLM)
-    every = tiny_model(**batch)
-    tiny_model.block_ce = "first"
-    first = tiny_model(**batch)
-    assert every.counts["text"] - first.counts["text"] == k * (block - 1)
-    # same mask loss, different text loss: exactly the CE with forced block tokens ignored
-    assert torch.allclose(first.terms["mask"], every.terms["mask"])
-    labels = batch["labels"].masked_fill(torch.isin(batch["input_ids"], torch.tensor(tiny_model.codebook_ids[1:])), -100)
-    logits = every.text_logits[:, :-1].flatten(0, 1)
+    out = tiny_model(**batch)
+    labels = batch["labels"]
+    assert out.counts["text"] == int((labels[:, 1:] != -100).sum())
+    in_blocks = torch.isin(labels[:, 1:], torch.tensor(tiny_model.codebook_ids))
+    assert int(in_blocks.sum()) == 4 * len(tiny_model.codebook_ids)  # every token of the 4 blocks is scored
+    logits = out.text_logits[:, :-1].flatten(0, 1)
     want = torch.nn.functional.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
-    assert torch.allclose(first.parts["ce"], want, atol=1e-6)
-    assert not torch.allclose(first.parts["ce"], every.parts["ce"])
-    with pytest.raises(ValueError, match="block_ce"):
-        type(tiny_model)(vision=tiny_model.vision, projector=tiny_model.projector, llm=tiny_model.llm,
-                         fusion=tiny_model.fusion, decoder=tiny_model.decoder, image_token_id=1,
-                         codebook_ids=tiny_model.codebook_ids, block_ce="some")
+    assert torch.allclose(out.parts["ce"], want, atol=1e-6)
+
+
+def test_loss_is_the_weighted_text_ce_plus_the_other_terms(tiny_model):
+    batch = make_batch(tiny_model, ANSWERS)
+    full = tiny_model(**batch)
+    tiny_model.ce_weight = 0.25
+    quarter = tiny_model(**batch)
+    assert torch.allclose(quarter.parts["ce"], full.parts["ce"])  # the CE itself is unweighted
+    assert torch.allclose(quarter.terms["text"], 0.25 * full.parts["ce"])
+    assert torch.allclose(quarter.terms["mask"], full.terms["mask"])
+    assert torch.allclose(quarter.loss, full.loss - 0.75 * full.parts["ce"], atol=1e-6)
+    assert torch.allclose(quarter.loss, sum(quarter.terms.values()))
 
 
 def test_phrase_loss_joins_the_mask_term_and_trains_the_fusion(tiny_model, make_tokenizer, small_config):
@@ -176,10 +179,10 @@ def test_region_loss_is_its_own_term_and_trains_the_vision_tower(tiny_model, mak
     feats = tiny_model.vision(batch["pixels"])
     words = [["purple", "triangle"], ["red", "circle"], [",", "blue", "square"], ["and", "green", "star"]]
     ids = [[tiny_model.tokenizer.convert_tokens_to_ids(w) for w in p] for p in words]
-    want = tiny_model.region_head.loss(feats[0], torch.cat(batch["gt_masks"]), out.batch_index, ids)
-    assert torch.allclose(out.parts["region"], want, atol=1e-6)
     total, weight = tiny_model.region_head.sums(feats[0], torch.cat(batch["gt_masks"]), out.batch_index, ids)
-    assert out.counts["region"] == pytest.approx(weight) and torch.allclose(total / weight, want)
+    want = total / weight
+    assert torch.allclose(out.parts["region"], want, atol=1e-6)
+    assert out.counts["region"] == pytest.approx(weight)
     assert weight == pytest.approx(float(torch.cat(batch["gt_masks"]).sum()) / 64)  # 8x8-px patches
     # its gradient reaches the vision tower and nothing downstream of it
     tiny_model.zero_grad()
@@ -215,7 +218,7 @@ def test_refinement_loss_compares_the_masks_of_one_question_only(tiny_model):
     batch = collate([Encoded(torch.randn(3, S, S), torch.tensor(ids), torch.tensor(labels), mask)],
                     pad_id=tiny_model.tokenizer.pad_token_id)
     hook = tiny_model.decoder.register_forward_hook(
-        lambda m, i, o: DecoderOutput(o.logits.abs() + 1, o.per_scale, o.iou_logits))
+        lambda m, i, o: DecoderOutput(o.logits.abs() + 1, o.iou_logits))
     try:
         out = tiny_model(**batch)
     finally:

@@ -1,5 +1,5 @@
-"""Generated MUSE files parse the way the official PixelLM loaders parse MUSE (DESIGN §3), and
-the segmentation encoder gives back every mask pixel for pixel."""
+"""Generated MUSE files parse the way the official PixelLM loaders parse MUSE (docs/design.md,
+Data formats), and the segmentation encoder gives back every mask pixel for pixel."""
 
 import json
 

@@ -144,7 +144,7 @@ def _three_blocks_two_alike(model, monkeypatch, iou_logits=(0.0, 1.0, 2.0), **kw
         logits[0::3, :, : s // 3] = 5.0  # the strongest mask logits: not what the score reads
         logits[1::3, :, -(s // 3):] = 2.0
         logits[2::3, :, : s // 3] = 2.0
-        return DecoderOutput(logits, [logits], torch.tensor(iou_logits).repeat(block_hidden.shape[0] // 3))
+        return DecoderOutput(logits, torch.tensor(iou_logits).repeat(block_hidden.shape[0] // 3))
 
     monkeypatch.setattr(model, "decode_masks", decode)
     return pred
@@ -290,18 +290,37 @@ def test_strict_loading_names_keys(tiny_model, saved):
         PixelLM.from_pretrained(saved)
 
 
-def test_cli_end_to_end(saved, tmp_path, image, capsys):
+def test_cli_end_to_end(saved, tmp_path, image, capsys, monkeypatch):
+    """The CLI loads the checkpoint (its LLM scripted to name two targets) and writes every
+    target, kept, duplicate or rejected, with its phrase, score, box and a mask RLE that agree."""
+    load = PixelLMPredictor.from_pretrained
+
+    def load_scripted(cls, directory, **kw):
+        pred = load(directory, **kw)
+        scripted(pred.model, ["red", "circle", 6, ",", "blue", "square", 6, "."])  # swaps its LM head
+        return pred
+
+    monkeypatch.setattr(PixelLMPredictor, "from_pretrained", classmethod(load_scripted))
     img_path = tmp_path / "img.png"
     Image.fromarray(image).save(img_path)
     rc = predict_main([str(img_path), QUESTION, "--checkpoint", str(saved), "--out", str(tmp_path / "out"),
-                       "--max-new-tokens", "12"])
+                       "--max-new-tokens", "24"])
     assert rc == 0
     rec = json.loads((tmp_path / "out" / "prediction.json").read_text())
-    assert rec["question"] == QUESTION and isinstance(rec["targets"], list)
+    assert rec["question"] == QUESTION and rec["answer"] == "red circle, blue square."
     assert rec["answer"] == capsys.readouterr().out.splitlines()[0]
+    written = sorted(rec["targets"] + rec["duplicates"] + rec["rejected"], key=lambda t: t["index"])
+    assert [(t["index"], t["phrase"]) for t in written] == [(0, "red circle"), (1, "blue square")]
+    assert rec["malformed_blocks"] == []
+    from pycocotools import mask as mask_utils
+    for t in written:
+        assert t["rle"]["size"] == [48, 80] and 0.0 <= t["score"] <= 1.0
+        mask = mask_utils.decode({**t["rle"], "counts": t["rle"]["counts"].encode()}).astype(bool)
+        ys, xs = np.nonzero(mask)
+        box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if mask.any() else [0, 0, 0, 0]
+        assert t["bbox_xyxy"] == box
     overlay = Image.open(tmp_path / "out" / "overlay.png")
     assert overlay.mode == "RGB" and overlay.width >= 80
-    assert isinstance(rec["duplicates"], list)
     assert predict_main([str(tmp_path / "none.png"), QUESTION, "--checkpoint", str(saved)]) == 2
     with pytest.raises(SystemExit) as exit_:
         predict_main([str(img_path), QUESTION, "--checkpoint", str(saved), "--duplicate-iou", "0"])
