@@ -109,7 +109,8 @@ def test_same_seed_same_bytes_whatever_the_workers(shapes, tmp_path):
     again = generate_dataset(CONFIG, tmp_path / "again", workers=2)
     assert json.dumps({**again, "seconds": 0}) == json.dumps({**meta, "seconds": 0})
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert len(files) == 10 + 3 + 5 + 1  # images, LVIS files, MUSE files, meta
+    assert len(files) == 10 + 3 + 5 + 3 + 1  # images, LVIS, MUSE, region captions, meta
+    assert {f"regions_{s}.json" for s in ("train", "val", "test")} <= {str(f) for f in files}
     for rel in files:
         if rel.name != "meta.json":
             assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel

@@ -212,7 +212,7 @@ def test_missing_real_data_names_layout(tmp_path, shapes, micro_cfg, capsys, mon
     assert train_main(args(tmp_path / "r", shapes, micro_cfg, "--mix", "muse=1", "--muse-root",
                            str(tmp_path / "nowhere"))) == 2
     err = capsys.readouterr().err
-    assert "nowhere does not exist; expected layout: DIR/muse_train.json" in err
+    assert "nowhere does not exist; expected layout: DIR/muse_<split>.json" in err
 
 
 def test_resume_refuses_the_earlier_checkpoint_layout(tmp_path, shapes, micro_cfg, capsys):
