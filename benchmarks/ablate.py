@@ -1,5 +1,5 @@
-"""``pixellm-ablate``: the LSeg and LTS ablations, each variant trained with the same command
-and budget, then scored on the same splits.
+"""``pixellm-ablate``: the LSeg, LTS and DynRefer ablations, each variant trained with the same
+command and budget, then scored on the same splits.
 
 - ``--family lseg``: spatial regularisation depth 0 / 1 / 2 / 4 (the paper's unexplained
   collapse at 4 blocks), scored as seen / unseen-composition / unseen-word mIoU with binary
@@ -7,8 +7,9 @@ and budget, then scored on the same splits.
 - ``--family lts``: with and without the position prior (the paper's central claim), scored on
   the multi-referring split: order-aligned and set gIoU / cIoU (:mod:`pixellm.lts.evaluate`);
 - ``--family dynrefer``: random multi-view vs a fixed single view, and multi-task vs
-  captioning alone (the paper's lines 1-13 in miniature), each multi-view model also read with
-  random instead of pHash-selected views at inference; scored on the regions files
+  captioning alone (the paper's lines 1-13 in miniature), and without the box token; each
+  multi-view model also read with random instead of pHash-selected views at inference; scored
+  on the regions files
   (:mod:`pixellm.dynrefer.evaluate`).
 
 Variants are the family's tiny config with some fields changed, written as JSON beside their run
@@ -43,7 +44,8 @@ VARIANTS = {
     "dynrefer": ("dynrefer-tiny", "views and tasks", [
         ("multi-view-multi-task", {}),
         ("single-view", {"views": {"num_views": 1, "fixed": []}}),
-        ("single-task", {"loss": {"tasks": ["caption"]}})]),
+        ("single-task", {"loss": {"tasks": ["caption"]}}),
+        ("no-box-token", {"box_embedding": False})]),
 }
 SPLITS = {"lseg": ["val", "test"], "lts": ["multi_ref"], "dynrefer": ["val"]}
 # a fresh-seed dataset has test images only
@@ -54,11 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixellm-ablate", description=__doc__.split("\n")[0])
     p.add_argument("--family", choices=sorted(VARIANTS), required=True)
     p.add_argument("--base", default=None, help="the config varied: a registered name or a JSON path "
-                                                "(default: lseg-tiny / lts-tiny)")
+                                                "(default: lseg-tiny / lts-tiny / dynrefer-tiny)")
     p.add_argument("--runs", type=Path, default=Path("checkpoints/ablation"))
     p.add_argument("--data", type=Path, default=Path("data/shapes"))
     p.add_argument("--fresh-data", type=Path, default=None, help="fresh-seed dataset, scored too")
-    p.add_argument("--splits", nargs="+", default=None, help="default: lseg val test; lts multi_ref")
+    p.add_argument("--splits", nargs="+", default=None, help="default: lseg val test; lts multi_ref; dynrefer val")
     p.add_argument("--time-budget", type=float, default=5.0, help="training minutes per variant")
     p.add_argument("--steps", type=int, default=8000, help="step cap per variant")
     p.add_argument("--train-args", default="", help="more pixellm-train arguments, the same for every variant")

@@ -74,6 +74,9 @@ class DynReferConfig:
     tags: list[str]  # the tag vocabulary (one logit each)
     roi_size: int = 6  # R: RoI-Align output side on the feature map
     fuse_dim: int = 128  # width of the MLP that fuses the concatenated views
+    # one more Q-Former input token from the region's box in the image (normalised XYXY and
+    # sqrt(area)): RoI-Align keeps what is in the box, not where it is or how large it is
+    box_embedding: bool = False
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
     loss: DynReferLossConfig = field(default_factory=DynReferLossConfig)

@@ -57,6 +57,15 @@ def siglip_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(z * logits.float()).sum() / logits.shape[0]
 
 
+def box_geometry(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """(B, 4) XYXY boxes in images of (B, 2) sizes (W, H) -> (B, 5): the box normalised to
+    [0, 1] and the square root of its area fraction."""
+    wh = sizes.float().repeat(1, 2)
+    norm = boxes.float() / wh
+    area = ((norm[:, 2] - norm[:, 0]).clamp(min=0) * (norm[:, 3] - norm[:, 1]).clamp(min=0)).sqrt()
+    return torch.cat([norm, area[:, None]], 1)
+
+
 def roi_features(feats: torch.Tensor, boxes: torch.Tensor, *, side: int, size: int) -> torch.Tensor:
     """RoI-Align of one box per feature map.
 
@@ -140,6 +149,8 @@ class DynRefer(nn.Module):
         c, n, h = vision.width, cfg.views.num_views, cfg.qformer.hidden_size
         self.align = ViewAlignment(c)
         self.fuse = nn.Sequential(nn.Linear(n * c, cfg.fuse_dim), nn.GELU(), nn.Linear(cfg.fuse_dim, cfg.fuse_dim))
+        self.where = (nn.Sequential(nn.Linear(5, cfg.fuse_dim), nn.GELU(), nn.Linear(cfg.fuse_dim, cfg.fuse_dim))
+                      if cfg.box_embedding else None)
         self.queries = nn.Parameter(torch.randn(1, cfg.qformer.num_queries, h) * 0.02)
         self.tagger = TagDecoder(len(cfg.tags), h, cfg.qformer.num_heads)
         self.region_proj = nn.Linear(h, cfg.embed_dim)
@@ -159,8 +170,9 @@ class DynRefer(nn.Module):
 
     def trainable_components(self) -> dict[str, tuple[nn.Module, bool]]:
         return {"vision": (self.vision, False), "text": (self.text, False), "llm": (self.llm, False),
-                "head": (nn.ModuleList([self.align, self.fuse, self.qformer, self.tagger, self.region_proj,
-                                        self.text_proj, self.to_llm]), True)}
+                "head": (nn.ModuleList([m for m in (self.align, self.fuse, self.where, self.qformer, self.tagger,
+                                                    self.region_proj, self.text_proj, self.to_llm)
+                                        if m is not None]), True)}
 
     # -- the region tokens -----------------------------------------------------------------
     def encode_regions(self, images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor,
@@ -171,7 +183,9 @@ class DynRefer(nn.Module):
             images: (B, 3, H, W) normalised, padded right/bottom. sizes: (B, 2) each image's
                 (W, H). boxes: (B, 4) XYXY regions. ts: (B, n) view parameters, ts[:, 0] = 0.
         Returns:
-            (B, Q, H) region tokens.
+            (B, Q, H) region tokens: learned queries that read the fused (B, R*R, C') view
+            features (and, with ``box_embedding``, one (B, 1, C') token of the box's place and
+            size in the image).
         """
         s, (b, n) = self.input_size, ts.shape
         crops = view_boxes(boxes.float(), sizes.float(), ts.float())
@@ -184,6 +198,8 @@ class DynRefer(nn.Module):
         aligned = [base] + [self.align(roi[:, v], base) for v in range(1, n)]
         x = torch.cat(aligned, 1).flatten(2).transpose(1, 2)  # (B, R*R, n*C)
         x = self.fuse(x)
+        if self.where is not None:
+            x = torch.cat([x, self.where(box_geometry(boxes, sizes).to(x.dtype))[:, None]], 1)
         q = self.queries.expand(b, -1, -1).to(x.dtype)
         return self.qformer(query_embeds=q, encoder_hidden_states=x).last_hidden_state
 
@@ -246,7 +262,7 @@ class DynRefer(nn.Module):
         out = self.llm.generate(inputs_embeds=x, attention_mask=attn, do_sample=False,
                                 max_new_tokens=max_new_tokens or self.config.max_caption_tokens + 1,
                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        return [tok.decode(row, skip_special_tokens=True).strip() for row in out]
+        return [tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip() for row in out]
 
     # -- training ----------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, sizes: torch.Tensor, boxes: torch.Tensor, ts: torch.Tensor,

@@ -34,7 +34,7 @@ from pixellm.dynrefer.evaluate import (
     mean_ap,
     table,
 )
-from pixellm.dynrefer.model import roi_features
+from pixellm.dynrefer.model import box_geometry, roi_features
 from pixellm.errors import CheckpointError, ConfigError, InputError
 from pixellm.families import config_from_dict
 from pixellm.muse.errors import DatasetFormatError
@@ -61,7 +61,7 @@ MICRO_DYNREFER = {
     "llm": {"config": {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
                        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
                        "max_position_embeddings": 64, "tie_word_embeddings": False}, "max_length": 64},
-    "tags": list(TAGS), "roi_size": 2, "fuse_dim": 32, "embed_dim": 16,
+    "tags": list(TAGS), "roi_size": 2, "fuse_dim": 32, "embed_dim": 16, "box_embedding": True,
     "qformer": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "num_queries": 4},
     "views": {"num_views": 3, "fixed": [0.5, 1.0]}, "max_caption_tokens": 12,
 }
@@ -109,6 +109,29 @@ def test_roi_align_reads_the_cells_under_the_box():
     out = roi_features(feats, torch.tensor([[16.0, 0.0, 32.0, 96.0]]), side=96, size=2)
     assert out.shape == (1, 1, 2, 2)
     assert torch.allclose(out[0, 0], torch.tensor([[2.0, 3.0], [2.0, 3.0]]))
+
+
+def test_box_geometry_and_the_box_token():
+    geo = box_geometry(torch.tensor([[10.0, 20.0, 30.0, 60.0]]), torch.tensor([[100.0, 80.0]]))
+    assert geo[0].tolist() == pytest.approx([0.1, 0.25, 0.3, 0.75, math.sqrt(0.2 * 0.5)])
+    # a uniform image: the same-sized box at two places gives the same RoI features, so only the
+    # box token can tell the regions apart (position and size words need it)
+    img = torch.zeros(2, 3, 40, 56)
+    args = (img, torch.tensor([[56.0, 40.0]] * 2), torch.tensor([[2.0, 2.0, 12.0, 12.0], [40.0, 26.0, 50.0, 36.0]]),
+            torch.zeros(2, 3))
+    sizes = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        m = build_model(micro(box_embedding=flag), tokenizer=caption_tokenizer(CAPTIONS, TAGS)).eval()
+        with torch.no_grad():
+            tok = m.encode_regions(*args)
+        assert torch.allclose(tok[0], tok[1], atol=1e-5) != flag
+        head = sum(p.numel() for p in m.trainable_components()["head"][0].parameters())
+        assert (m.where is not None) == flag
+        if flag:  # trained with the head
+            assert any(p is m.where[0].weight for p in m.trainable_components()["head"][0].parameters())
+        sizes.append(head)
+    assert sizes[1] - sizes[0] == (5 * 32 + 32) + (32 * 32 + 32)
 
 
 def test_alignment_with_zero_offsets_is_the_identity():
@@ -428,11 +451,14 @@ def test_ablation_variants_train_and_score(tmp_path, shapes):
     rows = json.loads((tmp_path / "out" / f"ablation_dynrefer_cpu_float32_torch{version}.json").read_text())["rows"]
     assert [(r["variant"].removeprefix("dynrefer-micro-test-"), r["views"]) for r in rows] == [
         ("multi-view-multi-task", "phash / fixed"), ("multi-view-multi-task", "random / random"),
-        ("single-view", "phash / fixed"), ("single-task", "phash / fixed"), ("single-task", "random / random")]
+        ("single-view", "phash / fixed"), ("single-task", "phash / fixed"), ("single-task", "random / random"),
+        ("no-box-token", "phash / fixed"), ("no-box-token", "random / random")]
     single = json.loads((tmp_path / "runs" / rows[2]["variant"] / "final" / "config.json").read_text())
     assert single["views"]["num_views"] == 1 and single["loss"]["tasks"] == ["caption", "tag", "contrastive"]
     task = json.loads((tmp_path / "runs" / rows[3]["variant"] / "final" / "config.json").read_text())
     assert task["loss"]["tasks"] == ["caption"] and task["views"]["num_views"] == 3
+    nobox = json.loads((tmp_path / "runs" / rows[5]["variant"] / "final" / "config.json").read_text())
+    assert nobox["box_embedding"] is False and single["box_embedding"] is True
     assert all(r["regions"] >= 4 and r["CIDEr"] >= 0 for r in rows)
 
 
