@@ -137,16 +137,19 @@ def score(family: str, final: Path, root: Path, split: str, args: argparse.Names
 
 
 def score_dynrefer(final: Path, root: Path, split: str, args: argparse.Namespace) -> list[dict]:
-    """The config's view modes, then (multi-view models) random views at inference for both
-    captions and attributes."""
+    """The config's view modes, then (multi-view models) pHash-selected and random views at
+    inference for both captions and attributes (a mode the config already uses is not repeated)."""
     from pixellm.dynrefer import DynReferPredictor
     from pixellm.dynrefer.evaluate import COLUMNS, evaluate_regions
 
     model = from_pretrained(final)
-    modes = [None] + (["random"] if model.config.views.num_views > 1 else [])
-    rows = []
+    modes = [None] + (["phash", "random"] if model.config.views.num_views > 1 else [])
+    rows, seen = [], set()
     for mode in modes:
         pred = DynReferPredictor(model, caption_views=mode, attribute_views=mode)
+        if tuple(pred.modes.values()) in seen:
+            continue
+        seen.add(tuple(pred.modes.values()))
         r = evaluate_regions(pred, root / f"regions_{split}.json", limit=args.limit or 600,
                              progress=not args.no_progress)
         rows.append({"views": f"{pred.modes['caption']} / {pred.modes['attributes']}",

@@ -22,6 +22,7 @@ from .machine import device_name
 
 VIEW_MODES = ("phash", "random", "fixed")
 CAPTION_COLUMNS = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR")
+WORD_COLUMNS = ("words_colour", "words_shape", "words_size", "words_position")
 
 
 def _fmt(x) -> str:
@@ -38,6 +39,10 @@ def to_markdown(report: dict) -> str:
              f"{m['wall_minutes']:.1f} min. Command: `{m['command']}`.", ""]
     lines += markdown_table(["data", "regions", *COLUMNS],
                             [[r["name"], r["regions"], *(_fmt(r.get(c)) for c in COLUMNS)] for r in report["sets"]])
+    if any(r.get(c) is not None for r in report["sets"] for c in WORD_COLUMNS):
+        lines += ["", "Captions that name the region's own colour / shape / size / position:", ""]
+        lines += markdown_table(["data", *(c.removeprefix("words_") for c in WORD_COLUMNS)],
+                                [[r["name"], *(_fmt(r.get(c)) for c in WORD_COLUMNS)] for r in report["sets"]])
     lines += ["", "## Views at inference (val)", ""]
     lines += markdown_table(["caption views", "attribute views", *COLUMNS],
                             [[r["caption_views"], r["attribute_views"], *(_fmt(r.get(c)) for c in COLUMNS)]
@@ -47,7 +52,9 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"## Captions of predicted targets ({e2e['segmenter']}, val)", "",
                   f"{e2e['predicted']} targets predicted on {e2e['questions']} questions; {e2e['matched']} match a "
                   f"ground-truth object at IoU >= 0.5 and are scored against its caption.", ""]
-        lines += markdown_table(CAPTION_COLUMNS, [[_fmt(e2e.get(c)) for c in CAPTION_COLUMNS]], left=0)
+        cols = CAPTION_COLUMNS + WORD_COLUMNS
+        lines += markdown_table([c.replace("words_", "names ") for c in cols], [[_fmt(e2e.get(c)) for c in cols]],
+                                left=0)
         lines += [""] + [f"- {x['phrase']!r}: generated \"{x['generated']}\"; reference \"{x['reference']}\""
                          for x in e2e["examples"]]
     ex = report["sets"][0].get("examples", []) if report["sets"] else []

@@ -3,6 +3,7 @@ mAP, open-vocabulary attribute mAP (OVAD's protocol on the attribute prompts), r
 recognition accuracy, and the captions of a segmentation model's predicted targets."""
 from __future__ import annotations
 
+import re
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
@@ -83,7 +84,8 @@ def evaluate_regions(predictor, path: str | Path, *, images_root: str | Path | N
         limit: at most this many regions (whole images, in file order); 0: all.
     Returns:
         caption metrics (:func:`caption_scores`), ``tag_mAP``, ``attribute_mAP`` (and per group
-        ``attribute_mAP_<group>``), ``recognition_acc``, ``regions``, ``images``.
+        ``attribute_mAP_<group>``), ``recognition_acc``, ``words_<group>`` (how often the
+        caption names the region's own value, :class:`WordAccuracy`), ``regions``, ``images``.
     """
     regions = load_regions(path, tags=predictor.cfg.tags)
     root = Path(images_root) if images_root is not None else Path(path).parent / "images"
@@ -102,10 +104,12 @@ def evaluate_regions(predictor, path: str | Path, *, images_root: str | Path | N
     refs, hyps = {}, {}
     tag_s, tag_t, cls_hit = [], [], []
     attr_s, attr_t = defaultdict(list), defaultdict(list)
+    named = WordAccuracy(_word_groups(predictor))
     for name, recs in tqdm(chosen, disable=not progress, desc="regions"):
         descs = predictor.describe(root / name, [r.box for r in recs])
         for r, d in zip(recs, descs, strict=True):
             refs[r.id], hyps[r.id] = [r.caption], d.caption
+            named.add(d.caption, r.attributes)
             got = dict(d.tags)
             tag_s.append([got.get(t, 0.0) for t in tags])
             tag_t.append([float(t in r.tags) for t in tags])
@@ -130,8 +134,43 @@ def evaluate_regions(predictor, path: str | Path, *, images_root: str | Path | N
         out["attribute_mAP"] = mean_ap(s, t)
     else:
         out["attribute_mAP"] = None
+    out.update(named.result())
     out["examples"] = [{"reference": refs[k][0], "generated": hyps[k]} for k in list(hyps)[:5]]
     return out
+
+
+def named_values(caption: str, groups: dict[str, Sequence[str]]) -> dict[str, str | None]:
+    """Which value of each attribute group a caption names in its own phrase (before the first
+    comma, so a relation's "left of the ..." is not read as a position); the longest match wins
+    ("top left" over "top"). None: the phrase names none."""
+    subject = caption.lower().split(",")[0]
+    out = {}
+    for g, values in groups.items():
+        hits = [v for v in values if re.search(rf"\b{re.escape(v.lower())}\b", subject)]
+        out[g] = max(hits, key=len) if hits else None
+    return out
+
+
+class WordAccuracy:
+    """How often captions name the region's own colour, shape, size and position: per group,
+    the fraction of regions (that have the attribute) whose caption names the right value."""
+
+    def __init__(self, groups: dict[str, Sequence[str]]) -> None:
+        self.groups, self.hits = groups, defaultdict(list)
+
+    def add(self, caption: str, attributes: dict[str, str]) -> None:
+        named = named_values(caption, self.groups)
+        for g in self.groups:
+            if g in attributes:
+                self.hits[g].append(named[g] == attributes[g])
+
+    def result(self) -> dict[str, float]:
+        return {f"words_{g}": float(np.mean(v)) for g, v in self.hits.items() if v}
+
+
+def _word_groups(predictor) -> dict[str, list[str]]:
+    cfg = predictor.cfg
+    return {**{g: list(v) for g, v in (cfg.attributes or ATTRIBUTES).items()}, "shape": list(cfg.classes or CLASSES)}
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -159,7 +198,7 @@ def describe_predicted(segmenter, describer, root: str | Path, *, split: str = "
     reference caption (``regions_<split>.json``, same annotation ids).
 
     Returns:
-        caption metrics of the matched targets, ``predicted`` (targets predicted), ``matched``
+        caption metrics and ``words_<group>`` of the matched targets, ``predicted`` (targets predicted), ``matched``
         (pairs scored), ``questions``, and a few ``examples``.
     """
     from scipy.optimize import linear_sum_assignment
@@ -167,7 +206,8 @@ def describe_predicted(segmenter, describer, root: str | Path, *, split: str = "
     from pixellm.muse import load_split
 
     root = Path(root)
-    captions = {r.id: r.caption for r in load_regions(root / f"regions_{split if split in ('train', 'val') else 'test'}.json").records}
+    records = {r.id: r for r in load_regions(root / f"regions_{split if split in ('train', 'val') else 'test'}.json").records}
+    named = WordAccuracy(_word_groups(describer))
     samples = load_split(root, split)
     samples = [samples[j] for j in range(min(limit, len(samples)) if limit else len(samples))]
     refs, hyps, examples = {}, {}, []
@@ -188,11 +228,14 @@ def describe_predicted(segmenter, describer, root: str | Path, *, split: str = "
         for (r, c), d in zip(pairs, descs, strict=True):
             key = f"{i}:{r}"
             ann_id = s.target_ids[c]
-            refs[key], hyps[key] = [captions[ann_id]], d.caption
+            ref = records[ann_id]
+            refs[key], hyps[key] = [ref.caption], d.caption
+            named.add(d.caption, ref.attributes)
             if len(examples) < 5:
                 examples.append({"question": s.question, "phrase": pred.targets[r].phrase,
-                                 "reference": captions[ann_id], "generated": d.caption})
+                                 "reference": ref.caption, "generated": d.caption})
     out = caption_scores(refs, hyps)
+    out.update(named.result())
     out.update(predicted=predicted, matched=len(hyps), questions=len(samples), examples=examples)
     return out
 

@@ -413,6 +413,49 @@ def test_evaluate_regions_and_predicted_targets(predictor, shapes, tiny_model):
     seg = pixellm.PixelLMPredictor(tiny_model)
     e2e = describe_predicted(seg, predictor, shapes, split="val", limit=2)
     assert e2e["questions"] == 2 and e2e["predicted"] >= e2e["matched"] >= 0
+    groups = ("colour", "shape", "size", "position")
+    assert all(0 <= result[f"words_{g}"] <= 1 for g in groups)
+
+
+def test_named_values_and_word_accuracy():
+    from pixellm.dynrefer.evaluate import WordAccuracy, named_values
+    from pixellm.muse.regions import ATTRIBUTES, CLASSES
+
+    groups = {**ATTRIBUTES, "shape": CLASSES}
+    named = named_values("the large red star at the top left, left of the blue ring", groups)
+    # the longest position wins, the relation after the comma is not read
+    assert named == {"colour": "red", "size": "large", "position": "top left", "shape": "star"}
+    assert named_values("a red thing", groups) == {"colour": "red", "size": None, "position": None, "shape": None}
+    acc = WordAccuracy(groups)
+    ref = {"colour": "red", "shape": "star", "size": "large", "position": "top"}
+    acc.add("the large red star at the top left", ref)  # position wrong
+    acc.add("the small red ring at the top, above the large star", ref)  # size and shape wrong
+    acc.add("the large red star at the top", {"colour": "blue"})  # other groups absent: not counted
+    assert acc.result() == {"words_colour": pytest.approx(2 / 3), "words_size": 0.5, "words_position": 0.5,
+                            "words_shape": 0.5}
+
+
+def test_bench_writes_the_description_report(model, tmp_path, shapes, tiny_model):
+    from pixellm.benchmarks.bench import main as bench_main
+
+    model.save_pretrained(tmp_path / "describer")
+    tiny_model.save_pretrained(tmp_path / "seg")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(tmp_path / "describer"), "--data", str(shapes), "--targets-from", str(tmp_path / "seg"),
+            "--limit", "3", "--out", str(out), "--no-progress", "--threads", "1"]
+    assert bench_main(argv) == 0
+    version = torch.__version__.split("+")[0]
+    report = json.loads((out / f"describe_dynrefer-micro-test_cpu_float32_torch{version}.json").read_text())
+    assert [s["name"] for s in report["sets"]] == ["val", "test"] and all(s["regions"] >= 3 for s in report["sets"])
+    assert [(v["caption_views"], v["attribute_views"]) for v in report["views"]] == [
+        ("phash", "phash"), ("phash", "fixed"), ("random", "random"), ("random", "fixed"), ("fixed", "fixed")]
+    e2e = report["predicted_targets"]
+    assert e2e["questions"] == 3 and e2e["segmenter"] == str(tmp_path / "seg")
+    md = (out / f"describe_dynrefer-micro-test_cpu_float32_torch{version}.md").read_text()
+    assert "| val | " in md and "## Captions of predicted targets" in md and "| fresh test |" not in md
+    assert "colour / shape / size / position" in md
+    # a missing regions file is a typed error, exit 2
+    assert bench_main([*argv[:2], "--data", str(tmp_path), "--out", str(out), "--no-progress"]) == 2
 
 
 # -- training -----------------------------------------------------------------------------
@@ -449,15 +492,15 @@ def test_ablation_variants_train_and_score(tmp_path, shapes):
     assert ablate_main(argv) == 0
     version = torch.__version__.split("+")[0]
     rows = json.loads((tmp_path / "out" / f"ablation_dynrefer_cpu_float32_torch{version}.json").read_text())["rows"]
+    multi = ["phash / fixed", "phash / phash", "random / random"]
     assert [(r["variant"].removeprefix("dynrefer-micro-test-"), r["views"]) for r in rows] == [
-        ("multi-view-multi-task", "phash / fixed"), ("multi-view-multi-task", "random / random"),
-        ("single-view", "phash / fixed"), ("single-task", "phash / fixed"), ("single-task", "random / random"),
-        ("no-box-token", "phash / fixed"), ("no-box-token", "random / random")]
-    single = json.loads((tmp_path / "runs" / rows[2]["variant"] / "final" / "config.json").read_text())
+        *(("multi-view-multi-task", v) for v in multi), ("single-view", "phash / fixed"),
+        *(("single-task", v) for v in multi), *(("no-box-token", v) for v in multi)]
+    single = json.loads((tmp_path / "runs" / rows[3]["variant"] / "final" / "config.json").read_text())
     assert single["views"]["num_views"] == 1 and single["loss"]["tasks"] == ["caption", "tag", "contrastive"]
-    task = json.loads((tmp_path / "runs" / rows[3]["variant"] / "final" / "config.json").read_text())
+    task = json.loads((tmp_path / "runs" / rows[4]["variant"] / "final" / "config.json").read_text())
     assert task["loss"]["tasks"] == ["caption"] and task["views"]["num_views"] == 3
-    nobox = json.loads((tmp_path / "runs" / rows[5]["variant"] / "final" / "config.json").read_text())
+    nobox = json.loads((tmp_path / "runs" / rows[-1]["variant"] / "final" / "config.json").read_text())
     assert nobox["box_embedding"] is False and single["box_embedding"] is True
     assert all(r["regions"] >= 4 and r["CIDEr"] >= 0 for r in rows)
 
