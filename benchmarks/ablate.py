@@ -8,8 +8,8 @@ command and budget, then scored on the same splits.
   the multi-referring split: order-aligned and set gIoU / cIoU (:mod:`pixellm.lts.evaluate`);
 - ``--family dynrefer``: random multi-view vs a fixed single view, and multi-task vs
   captioning alone (the paper's lines 1-13 in miniature), and without the box token; each
-  multi-view model also read with random instead of pHash-selected views at inference; scored
-  on the regions files
+  multi-view model read with its configured, pHash-selected and random views at inference;
+  scored on the regions files
   (:mod:`pixellm.dynrefer.evaluate`).
 
 Variants are the family's tiny config with some fields changed, written as JSON beside their run
@@ -147,9 +147,10 @@ def score_dynrefer(final: Path, root: Path, split: str, args: argparse.Namespace
     rows, seen = [], set()
     for mode in modes:
         pred = DynReferPredictor(model, caption_views=mode, attribute_views=mode)
-        if tuple(pred.modes.values()) in seen:
+        key = tuple(pred.modes.values())
+        if key in seen:
             continue
-        seen.add(tuple(pred.modes.values()))
+        seen.add(key)
         r = evaluate_regions(pred, root / f"regions_{split}.json", limit=args.limit or 600,
                              progress=not args.no_progress)
         rows.append({"views": f"{pred.modes['caption']} / {pred.modes['attributes']}",

@@ -99,12 +99,12 @@ def evaluate_regions(predictor, path: str | Path, *, images_root: str | Path | N
         chosen.append((name, recs))
         n += len(recs)
     tags = list(predictor.cfg.tags)
-    attrs = {g: list(v) for g, v in (predictor.cfg.attributes or ATTRIBUTES).items()}
-    classes = list(predictor.cfg.classes or CLASSES)
+    groups = _word_groups(predictor)
+    attrs, classes = {g: v for g, v in groups.items() if g != "shape"}, groups["shape"]
     refs, hyps = {}, {}
     tag_s, tag_t, cls_hit = [], [], []
     attr_s, attr_t = defaultdict(list), defaultdict(list)
-    named = WordAccuracy(_word_groups(predictor))
+    named = WordAccuracy(groups)
     for name, recs in tqdm(chosen, disable=not progress, desc="regions"):
         descs = predictor.describe(root / name, [r.box for r in recs])
         for r, d in zip(recs, descs, strict=True):
@@ -169,6 +169,8 @@ class WordAccuracy:
 
 
 def _word_groups(predictor) -> dict[str, list[str]]:
+    """The describer's attribute groups (the generator's by default), then ``"shape"``: its
+    recognition classes."""
     cfg = predictor.cfg
     return {**{g: list(v) for g, v in (cfg.attributes or ATTRIBUTES).items()}, "shape": list(cfg.classes or CLASSES)}
 
